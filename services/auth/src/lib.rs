@@ -1,1 +1,28 @@
-//! agora-auth
+//! The auth service: agora's token authority. It registers and signs users in
+//! (through the user service, which owns credentials), issues EdDSA-signed JWT
+//! access tokens and opaque rotating refresh tokens, tracks sessions, throttles
+//! failed sign-ins and publishes its public keys as a JWKS.
+
+pub mod api;
+pub mod keys;
+pub mod store;
+pub mod throttle;
+pub mod tokens;
+
+use agora_kit::db::{Db, Migrations};
+
+pub use api::AuthApi;
+pub use keys::KeyRing;
+
+/// The auth service's schema, per backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[(1, "session", include_str!("../migrations/sqlite/0001_session.sql"))],
+    postgres: &[(1, "session", include_str!("../migrations/postgres/0001_session.sql"))],
+};
+
+/// Opens and migrates the auth database.
+pub async fn open_db(target: &agora_kit::config::DatabaseTarget) -> anyhow::Result<Db> {
+    let db = Db::connect(target, agora_kit::ServiceName::Auth).await?;
+    db.migrate(&MIGRATIONS).await?;
+    Ok(db)
+}

@@ -1,0 +1,290 @@
+//! Access-token verification, done by every service for itself.
+//!
+//! Tokens are EdDSA-signed JWTs from the auth service. Public keys come as a JWKS
+//! from a [`JwksSource`] (the auth service over gRPC, or its own key ring inside
+//! the auth service), are cached, and are fetched again when a token names a `kid`
+//! the cache does not hold — that is how a key rotation reaches every replica.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+use tonic::Status;
+
+/// What an account may do beyond its own content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Moderator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Moderator => "moderator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.to_ascii_lowercase().as_str() {
+            "user" => Some(Role::User),
+            "moderator" => Some(Role::Moderator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of an agora access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Account id.
+    pub sub: String,
+    /// Session (refresh-token family) the token was issued in.
+    pub sid: String,
+    /// Role at issue time; a role change reaches tokens at the next refresh.
+    pub role: Role,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The caller of an RPC, once their token checked out.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub session_id: String,
+    pub role: Role,
+    /// The raw token, for responses that echo it (Conduit's `user.token`).
+    pub token: String,
+}
+
+impl Principal {
+    /// Moderators and admins may remove other people's content.
+    pub fn can_moderate(&self) -> bool {
+        self.role >= Role::Moderator
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// One public key of a JWKS: Ed25519, `x` in base64url.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+}
+
+/// Where verification keys come from.
+pub trait JwksSource: Send + Sync + 'static {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<PublicKey>>> + Send + '_>>;
+}
+
+/// Fetches the JWKS from the auth service over gRPC.
+pub struct GrpcJwks {
+    channel: tonic::transport::Channel,
+}
+
+impl GrpcJwks {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        Self { channel }
+    }
+}
+
+impl JwksSource for GrpcJwks {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<PublicKey>>> + Send + '_>> {
+        Box::pin(async move {
+            use agora_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+            let response = AuthServiceClient::new(self.channel.clone())
+                .get_jwks(GetJwksRequest {})
+                .await?
+                .into_inner();
+            Ok(response
+                .keys
+                .into_iter()
+                .map(|k| PublicKey { kid: k.kid, x: k.x })
+                .collect())
+        })
+    }
+}
+
+/// How often an unknown `kid` may trigger a fetch; forged tokens with random
+/// `kid`s must not turn into a flood of JWKS calls.
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Verifies access tokens; cheap to clone.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Box<dyn JwksSource>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(source: impl JwksSource, issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Self {
+            inner: Arc::new(Inner {
+                source: Box::new(source),
+                keys: RwLock::new(HashMap::new()),
+                last_fetch: Mutex::new(None),
+                validation,
+            }),
+        }
+    }
+
+    /// Checks a raw JWT.
+    pub async fn verify(&self, token: &str) -> Result<Principal, Status> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Status::unauthenticated("malformed token"))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| Status::unauthenticated("token has no key id"))?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation).map_err(
+            |err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Status::unauthenticated("token expired")
+                }
+                _ => Status::unauthenticated("invalid token"),
+            },
+        )?;
+        let claims = data.claims;
+        Ok(Principal {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            role: claims.role,
+            token: token.to_owned(),
+        })
+    }
+
+    /// The caller, when the request carries a token; an absent header is anonymous,
+    /// a bad one is an error.
+    pub async fn authenticate<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<Option<Principal>, Status> {
+        match bearer(request.metadata())? {
+            None => Ok(None),
+            Some(token) => self.verify(token).await.map(Some),
+        }
+    }
+
+    /// The caller; UNAUTHENTICATED without a valid token.
+    pub async fn require<T>(&self, request: &tonic::Request<T>) -> Result<Principal, Status> {
+        self.authenticate(request)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("sign in first: missing authorization token"))
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, Status> {
+        if let Some(key) = self.inner.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        let mut last = self.inner.last_fetch.lock().await;
+        // Another request may have fetched while this one waited for the lock.
+        if let Some(key) = self.inner.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+            return Err(Status::unauthenticated("invalid token"));
+        }
+        *last = Some(Instant::now());
+        let fetched = self.inner.source.fetch().await.map_err(|err| {
+            tracing::warn!(error = format!("{err:#}"), "fetching signing keys failed");
+            Status::unavailable("cannot verify tokens right now")
+        })?;
+        let mut keys = HashMap::new();
+        for k in fetched {
+            match DecodingKey::from_ed_components(&k.x) {
+                Ok(key) => {
+                    keys.insert(k.kid, key);
+                }
+                Err(err) => tracing::warn!(kid = %k.kid, %err, "skipping unusable public key"),
+            }
+        }
+        let found = keys.get(kid).cloned();
+        *self.inner.keys.write().await = keys;
+        found.ok_or_else(|| Status::unauthenticated("invalid token"))
+    }
+}
+
+/// The token in `authorization: Bearer <jwt>` or Conduit's `Token <jwt>`.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<Option<&str>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| Status::unauthenticated("malformed authorization header"))?;
+    if !(scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) {
+        return Err(Status::unauthenticated(
+            "authorization must be `Token <jwt>` or `Bearer <jwt>`",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Status::unauthenticated("malformed authorization header"));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataMap;
+
+    fn with_auth(value: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", value.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn both_token_schemes_are_accepted() {
+        assert_eq!(bearer(&with_auth("Token abc")).unwrap(), Some("abc"));
+        assert_eq!(bearer(&with_auth("Bearer abc")).unwrap(), Some("abc"));
+        assert_eq!(bearer(&with_auth("bearer  abc ")).unwrap(), Some("abc"));
+        assert_eq!(bearer(&MetadataMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn other_schemes_and_shapes_are_unauthenticated() {
+        for bad in ["Basic abc", "abc", "Token ", "Token"] {
+            let err = bearer(&with_auth(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_order_by_power() {
+        assert!(Role::Admin > Role::Moderator && Role::Moderator > Role::User);
+        assert_eq!(Role::parse("ADMIN"), Some(Role::Admin));
+        assert_eq!(Role::parse("root"), None);
+    }
+}

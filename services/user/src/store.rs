@@ -1,0 +1,346 @@
+//! SQL for accounts and follows. One implementation serves SQLite and PostgreSQL
+//! through sqlx's `Any` driver; unique-constraint violations come back as the
+//! field they concern so handlers can answer with a field error.
+
+use std::collections::HashSet;
+
+use agora_kit::db::{Db, now_micros, unique_violation};
+use agora_kit::token::Role;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+/// A stored account. `password_hash` stays inside the user service.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: String,
+    pub email: String,
+    pub username: String,
+    pub password_hash: String,
+    pub bio: Option<String>,
+    pub image: Option<String>,
+    pub role: Role,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} is already taken")]
+    Taken(&'static str),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A new account, already validated and hashed.
+#[derive(Debug)]
+pub struct NewAccount<'a> {
+    pub email: &'a str,
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+}
+
+/// Changes to an account; `None` leaves a column as it is, `Some(None)` clears it.
+#[derive(Debug, Default)]
+pub struct AccountChanges {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password_hash: Option<String>,
+    pub bio: Option<Option<String>>,
+    pub image: Option<Option<String>>,
+}
+
+const COLUMNS: &str =
+    "id, email, username, password_hash, bio, image, role, created_at, updated_at";
+
+fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    Ok(AccountRow {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        bio: row.try_get("bio")?,
+        image: row.try_get("image")?,
+        role: Role::parse(&role).unwrap_or(Role::User),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn taken(err: sqlx::Error) -> StoreError {
+    match unique_violation(&err) {
+        Some(which) if which.contains("email") => StoreError::Taken("email"),
+        Some(which) if which.contains("username") => StoreError::Taken("username"),
+        _ => StoreError::Db(err),
+    }
+}
+
+/// Accounts and follows.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    pub async fn insert_account(&self, new: NewAccount<'_>) -> Result<AccountRow, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO account (id, email, username, password_hash, role, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(&id)
+        .bind(new.email)
+        .bind(new.username)
+        .bind(new.password_hash)
+        .bind(new.role.as_str())
+        .bind(now)
+        .execute(self.db.pool())
+        .await
+        .map_err(taken)?;
+        Ok(AccountRow {
+            id,
+            email: new.email.to_owned(),
+            username: new.username.to_owned(),
+            password_hash: new.password_hash.to_owned(),
+            bio: None,
+            image: None,
+            role: new.role,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    async fn find(&self, column: &'static str, value: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM account WHERE {column} = $1");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(account)
+            .transpose()
+    }
+
+    pub async fn find_by_id(&self, id: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+        self.find("id", id).await
+    }
+
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+        self.find("email", email).await
+    }
+
+    pub async fn find_by_username(&self, username: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+        self.find("username", username).await
+    }
+
+    /// Applies `changes` and returns the account after them; `None` when the
+    /// account no longer exists.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn update_account(
+        &self,
+        id: &str,
+        changes: AccountChanges,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        let mut sets = Vec::new();
+        let mut values: Vec<Option<String>> = Vec::new();
+        let mut push = |column: &str, value: Option<String>| {
+            values.push(value);
+            sets.push(format!("{column} = ${}", values.len()));
+        };
+        if let Some(email) = changes.email {
+            push("email", Some(email));
+        }
+        if let Some(username) = changes.username {
+            push("username", Some(username));
+        }
+        if let Some(hash) = changes.password_hash {
+            push("password_hash", Some(hash));
+        }
+        if let Some(bio) = changes.bio {
+            push("bio", bio);
+        }
+        if let Some(image) = changes.image {
+            push("image", image);
+        }
+        let n = values.len();
+        let sql = format!(
+            "UPDATE account SET {}updated_at = ${} WHERE id = ${}",
+            sets.iter().map(|s| format!("{s}, ")).collect::<String>(),
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in values {
+            query = query.bind(value);
+        }
+        let done = query
+            .bind(now_micros())
+            .bind(id)
+            .execute(self.db.pool())
+            .await
+            .map_err(taken)?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(self.find_by_id(id).await?)
+    }
+
+    /// Makes `follower` follow `followee`; following twice changes nothing.
+    pub async fn follow(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO follow (follower_id, followee_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (follower_id, followee_id) DO NOTHING",
+        )
+        .bind(follower)
+        .bind(followee)
+        .bind(now_micros())
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends a follow; whether one existed.
+    pub async fn unfollow(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM follow WHERE follower_id = $1 AND followee_id = $2")
+            .bind(follower)
+            .bind(followee)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn is_following(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT 1 FROM follow WHERE follower_id = $1 AND followee_id = $2")
+            .bind(follower)
+            .bind(followee)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Accounts by id, in one query.
+    pub async fn find_many(&self, ids: &[String]) -> Result<Vec<AccountRow>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM account WHERE id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(account)
+            .collect()
+    }
+
+    /// Which of `ids` `follower` follows, in one query.
+    pub async fn followed_among(
+        &self,
+        follower: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = format!(
+            "SELECT followee_id FROM follow WHERE follower_id = $1 AND followee_id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(follower);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect()
+    }
+
+    /// One page of accounts, oldest first, after the keyset `(created_at, id)`.
+    pub async fn list_accounts(
+        &self,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<AccountRow>, sqlx::Error> {
+        let (created_at, id) = after.unwrap_or((i64::MIN, String::new()));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM account \
+             WHERE created_at > $1 OR (created_at = $1 AND id > $2) \
+             ORDER BY created_at, id LIMIT $3"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(created_at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(account)
+            .collect()
+    }
+
+    /// Sets a role by username or by email; the account after it, if it exists.
+    pub async fn set_role(&self, column: RoleKey<'_>, role: Role) -> Result<Option<AccountRow>, sqlx::Error> {
+        let (column, value) = match column {
+            RoleKey::Username(u) => ("username", u),
+            RoleKey::Email(e) => ("email", e),
+        };
+        let sql = format!("UPDATE account SET role = $1, updated_at = $2 WHERE {column} = $3");
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(role.as_str())
+            .bind(now_micros())
+            .bind(value)
+            .execute(self.db.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.find(column, value).await
+    }
+
+    /// Deletes an account and its follows; whether it existed.
+    pub async fn delete_account(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM follow WHERE follower_id = $1 OR followee_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM account WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// How `set_role` finds the account.
+#[derive(Debug, Clone, Copy)]
+pub enum RoleKey<'a> {
+    Username(&'a str),
+    Email(&'a str),
+}
+
+/// `$first, $first+1, ...` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
