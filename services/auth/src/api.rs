@@ -58,7 +58,12 @@ impl AuthApi {
         let client = client_of(request);
         let session = self
             .store
-            .start_session(&account.id, &client.user_agent, &client.ip, self.refresh_ttl)
+            .start_session(
+                &account.id,
+                &client.user_agent,
+                &client.ip,
+                self.refresh_ttl,
+            )
             .await
             .map_err(status::internal)?;
         let token = self.access_token(&account.id, &session.session_id, account.role)?;
@@ -123,9 +128,11 @@ fn relay(err: Status) -> Status {
         | Code::Unauthenticated
         | Code::NotFound
         | Code::PermissionDenied
-        | Code::ResourceExhausted => {
-            Status::with_details(err.code(), err.message().to_owned(), err.details().to_vec().into())
-        }
+        | Code::ResourceExhausted => Status::with_details(
+            err.code(),
+            err.message().to_owned(),
+            err.details().to_vec().into(),
+        ),
         _ => {
             tracing::error!(code = ?err.code(), message = err.message(), "user service call failed");
             Status::unavailable("identity service unavailable, try again")
@@ -232,14 +239,18 @@ impl AuthService for AuthApi {
                 ));
             }
             Rotation::Invalid => {
-                return Err(Status::unauthenticated("refresh token is invalid or expired"));
+                return Err(Status::unauthenticated(
+                    "refresh token is invalid or expired",
+                ));
             }
         };
         // The role may have changed, or the account may be gone, since sign-in.
         let account = match self
             .users
             .clone()
-            .get_user(user_pb::GetUserRequest { id: user_id.clone() })
+            .get_user(user_pb::GetUserRequest {
+                id: user_id.clone(),
+            })
             .await
         {
             Ok(response) => response.into_inner().user.unwrap_or_default(),

@@ -28,7 +28,10 @@ impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
             .field("signing_kid", &self.signing_kid)
-            .field("kids", &self.public.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.public.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -56,8 +59,9 @@ impl KeyRing {
         for (kid, path) in files {
             let pem = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading signing key {}", path.display()))?;
-            let key = SigningKey::from_pkcs8_pem(&pem)
-                .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 PEM key: {e}", path.display()))?;
+            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("{} is not an Ed25519 PKCS#8 PEM key: {e}", path.display())
+            })?;
             public.push(PublicKey {
                 kid: kid.clone(),
                 x: URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),

@@ -16,8 +16,16 @@ pub use keys::KeyRing;
 
 /// The auth service's schema, per backend.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(1, "session", include_str!("../migrations/sqlite/0001_session.sql"))],
-    postgres: &[(1, "session", include_str!("../migrations/postgres/0001_session.sql"))],
+    sqlite: &[(
+        1,
+        "session",
+        include_str!("../migrations/sqlite/0001_session.sql"),
+    )],
+    postgres: &[(
+        1,
+        "session",
+        include_str!("../migrations/postgres/0001_session.sql"),
+    )],
 };
 
 /// Opens and migrates the auth database.

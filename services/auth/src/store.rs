@@ -82,12 +82,14 @@ impl Store {
         .bind(now + micros(ttl))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
-            .bind(hash_refresh_token(&refresh_token))
-            .bind(&session_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(hash_refresh_token(&refresh_token))
+        .bind(&session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(NewSession {
             session_id,
@@ -141,12 +143,14 @@ impl Store {
             return Ok(Rotation::Reused { session_id });
         }
         let refresh_token = new_refresh_token()?;
-        sqlx::query("INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
-            .bind(hash_refresh_token(&refresh_token))
-            .bind(&session_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(hash_refresh_token(&refresh_token))
+        .bind(&session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE session SET last_used_at = $1, expires_at = $2 WHERE id = $3")
             .bind(now)
             .bind(now + micros(ttl))
@@ -175,7 +179,11 @@ impl Store {
     }
 
     /// Revokes one of a user's sessions; whether it was theirs and active.
-    pub async fn revoke_session(&self, user_id: &str, session_id: &str) -> Result<bool, sqlx::Error> {
+    pub async fn revoke_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE session SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
         )
@@ -189,11 +197,13 @@ impl Store {
 
     /// Revokes every session of a user (deleted account, password change).
     pub async fn revoke_all(&self, user_id: &str) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query("UPDATE session SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
-            .bind(now_micros())
-            .bind(user_id)
-            .execute(self.db.pool())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE session SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(user_id)
+        .execute(self.db.pool())
+        .await?;
         Ok(done.rows_affected())
     }
 

@@ -164,7 +164,11 @@ impl Config {
 
     /// Parses configuration from any key/value source, collecting every problem.
     pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let get = |key: &str| get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |key: &str| {
+            get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut errors = Vec::new();
         let http_addr = socket_addr(HTTP_ADDR, get(HTTP_ADDR), "127.0.0.1:8080", &mut errors);
         let grpc_addr = socket_addr(GRPC_ADDR, get(GRPC_ADDR), "127.0.0.1:50051", &mut errors);
@@ -289,7 +293,9 @@ fn socket_addr(
 ) -> SocketAddr {
     let raw = raw.unwrap_or_else(|| default.to_owned());
     raw.parse().unwrap_or_else(|_| {
-        errors.push(format!("{key}: `{raw}` is not an address like 127.0.0.1:8080"));
+        errors.push(format!(
+            "{key}: `{raw}` is not an address like 127.0.0.1:8080"
+        ));
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
 }

@@ -78,19 +78,29 @@ impl GrpcServer {
     }
 
     /// Serves until `shutdown` is cancelled, then drains.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let health = self.health.clone();
         for name in &self.names {
-            health.set_service_status(*name, ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
         health.set_service_status("", ServingStatus::Serving).await;
         let names = self.names.clone();
         let signal = async move {
             shutdown.cancelled().await;
             for name in &names {
-                health.set_service_status(*name, ServingStatus::NotServing).await;
+                health
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
             }
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
         };
         tonic::transport::Server::builder()
             .add_routes(self.routes.routes())

@@ -86,7 +86,9 @@ mod tests {
             FieldViolation::new("password", "is too short"),
         ]);
         assert_eq!(status.code(), Code::InvalidArgument);
-        let details = status.get_details_bad_request().expect("bad request details");
+        let details = status
+            .get_details_bad_request()
+            .expect("bad request details");
         let fields: Vec<_> = details
             .field_violations
             .iter()

@@ -162,14 +162,15 @@ impl TokenVerifier {
             .kid
             .ok_or_else(|| Status::unauthenticated("token has no key id"))?;
         let key = self.key(&kid).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation).map_err(
-            |err| match err.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    Status::unauthenticated("token expired")
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation).map_err(|err| {
+                match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        Status::unauthenticated("token expired")
+                    }
+                    _ => Status::unauthenticated("invalid token"),
                 }
-                _ => Status::unauthenticated("invalid token"),
-            },
-        )?;
+            })?;
         let claims = data.claims;
         Ok(Principal {
             user_id: claims.sub,

@@ -177,7 +177,10 @@ impl UserService for UserApi {
             .password
             .as_deref()
             .and_then(|p| violations.check(Password::parse(p)));
-        let bio = changes.bio.as_deref().and_then(|b| violations.check(parse_bio(b)));
+        let bio = changes
+            .bio
+            .as_deref()
+            .and_then(|b| violations.check(parse_bio(b)));
         let image = changes
             .image
             .as_deref()
@@ -436,10 +439,14 @@ impl UserInternalService for UserInternalApi {
         let req = request.into_inner();
         let mut violations = Violations::default();
         if req.email.trim().is_empty() {
-            violations.0.push(FieldViolation::new("email", "can't be blank"));
+            violations
+                .0
+                .push(FieldViolation::new("email", "can't be blank"));
         }
         if req.password.is_empty() {
-            violations.0.push(FieldViolation::new("password", "can't be blank"));
+            violations
+                .0
+                .push(FieldViolation::new("password", "can't be blank"));
         }
         violations.into_result()?;
         let row = match Email::parse(&req.email) {

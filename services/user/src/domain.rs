@@ -125,8 +125,7 @@ pub fn parse_image(raw: &str) -> Result<Option<String>, FieldViolation> {
         .or_else(|| value.strip_prefix("http://"));
     match rest {
         Some(rest)
-            if !rest.is_empty()
-                && !value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            if !rest.is_empty() && !value.chars().any(|c| c.is_whitespace() || c.is_control()) =>
         {
             Ok(Some(value.to_owned()))
         }
@@ -165,12 +164,25 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(Email::parse("  Jake@Example.COM ").unwrap().as_str(), "jake@example.com");
+        assert_eq!(
+            Email::parse("  Jake@Example.COM ").unwrap().as_str(),
+            "jake@example.com"
+        );
     }
 
     #[test]
     fn implausible_emails_are_rejected() {
-        for bad in ["", "jake", "jake@", "@x.io", "a@b@c.io", "a b@c.io", "a@nodot", "a@x.", "a\u{0}@x.io"] {
+        for bad in [
+            "",
+            "jake",
+            "jake@",
+            "@x.io",
+            "a@b@c.io",
+            "a b@c.io",
+            "a@nodot",
+            "a@x.",
+            "a\u{0}@x.io",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
     }

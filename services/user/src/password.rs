@@ -60,7 +60,9 @@ impl Hasher {
                 Some(hash) => (hash, true),
                 None => (DUMMY_HASH.clone(), false),
             };
-            let matches = argon2().verify_password(password.as_bytes(), hash.as_str()).is_ok();
+            let matches = argon2()
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok();
             matches && known
         })
         .await
@@ -88,8 +90,16 @@ mod tests {
         let hasher = Hasher::new(2);
         let password = Password::parse("correct horse").unwrap();
         let hash = hasher.hash(&password).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(hasher.verify("correct horse", Some(hash.clone())).await.unwrap());
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            hasher
+                .verify("correct horse", Some(hash.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!hasher.verify("wrong horse", Some(hash)).await.unwrap());
     }
 

@@ -118,7 +118,11 @@ impl Store {
         })
     }
 
-    async fn find(&self, column: &'static str, value: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+    async fn find(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<AccountRow>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM account WHERE {column} = $1");
         sqlx::query(AssertSqlSafe(sql))
             .bind(value)
@@ -137,7 +141,10 @@ impl Store {
         self.find("email", email).await
     }
 
-    pub async fn find_by_username(&self, username: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+    pub async fn find_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<AccountRow>, sqlx::Error> {
         self.find("username", username).await
     }
 
@@ -296,7 +303,11 @@ impl Store {
     }
 
     /// Sets a role by username or by email; the account after it, if it exists.
-    pub async fn set_role(&self, column: RoleKey<'_>, role: Role) -> Result<Option<AccountRow>, sqlx::Error> {
+    pub async fn set_role(
+        &self,
+        column: RoleKey<'_>,
+        role: Role,
+    ) -> Result<Option<AccountRow>, sqlx::Error> {
         let (column, value) = match column {
             RoleKey::Username(u) => ("username", u),
             RoleKey::Email(e) => ("email", e),

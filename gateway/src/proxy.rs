@@ -1,0 +1,122 @@
+//! gRPC pass-through: a gRPC call is forwarded whole, bodies streaming both ways,
+//! to the upstream that owns its service. gRPC-web is turned into gRPC in front of
+//! this by `tonic_web::GrpcWebLayer` (see [`grpc_service`]).
+//!
+//! Only services with at least one http-annotated method are forwarded; calls to
+//! anything else (the `*InternalService`s, unknown names) answer UNIMPLEMENTED
+//! without touching an upstream.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, Version, header};
+use tower::{Layer as _, Service, ServiceExt as _};
+
+use crate::error::{GatewayError, Protocol, respond};
+use crate::upstream::{ClientIp, REAL_IP, Upstreams};
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1);
+/// HTTP/2 forbids most of them outright.
+const HOP_BY_HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::HOST,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Forwards gRPC requests to the owning upstream.
+#[derive(Debug, Clone)]
+pub struct GrpcProxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    exposed: BTreeSet<String>,
+    upstreams: Upstreams,
+}
+
+impl GrpcProxy {
+    /// A proxy for the given exposed services (full names) and upstreams.
+    pub fn new(exposed: BTreeSet<String>, upstreams: Upstreams) -> Self {
+        GrpcProxy {
+            inner: Arc::new(Inner { exposed, upstreams }),
+        }
+    }
+
+    async fn forward(self, mut request: Request<tonic::body::Body>) -> Result<Response, GatewayError> {
+        // `/package.Service/Method`
+        let service = request
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(service, _)| service.to_owned())
+            .unwrap_or_default();
+        if !self.inner.exposed.contains(&service) {
+            return Err(GatewayError::ServiceNotExposed(service));
+        }
+        let package = service.rsplit_once('.').map_or("", |(package, _)| package);
+        let channel = self.inner.upstreams.for_package(package)?;
+
+        let client = request.extensions().get::<ClientIp>().copied();
+        let headers = request.headers_mut();
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+            headers.remove(header::TE);
+        }
+        // The address the service sees is the one the gateway saw, never a claim.
+        headers.remove(REAL_IP);
+        if let Some(ClientIp(ip)) = client
+            && let Ok(value) = HeaderValue::try_from(ip.to_string())
+        {
+            headers.insert(REAL_IP, value);
+        }
+        *request.version_mut() = Version::HTTP_2;
+
+        let response = channel
+            .oneshot(request)
+            .await
+            .map_err(|e| GatewayError::Upstream(tonic::Status::unavailable(e.to_string())))?;
+        Ok(response.map(Body::new))
+    }
+}
+
+impl Service<Request<tonic::body::Body>> for GrpcProxy {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the channel's business, checked per call in `forward`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move {
+            Ok(proxy
+                .forward(request)
+                .await
+                .unwrap_or_else(|error| respond(error, Protocol::Grpc)))
+        })
+    }
+}
+
+/// The service for every `application/grpc*` request: gRPC-web translated to gRPC,
+/// then the proxy. Plain gRPC over HTTP/2 passes the translation untouched.
+pub async fn serve_grpc(proxy: GrpcProxy, request: Request<Body>) -> Response {
+    let service = tonic_web::GrpcWebLayer::new().layer(proxy);
+    match service.oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}

@@ -1,0 +1,215 @@
+//! Starting targets: open databases, bind listeners, wire services together, and
+//! serve until the shutdown token is cancelled. Listeners bound to port 0 report
+//! their real address, so tests start the app exactly as production does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agora_kit::config::{Config, DatabaseTarget, ServiceName};
+use agora_kit::server::GrpcServer;
+use agora_kit::token::{GrpcJwks, TokenVerifier};
+use agora_kit::upstream::Upstreams;
+use agora_proto::auth::v1::auth_service_server::AuthServiceServer;
+use agora_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use agora_proto::post::v1::post_service_server::PostServiceServer;
+use agora_proto::user::v1::user_internal_service_server::UserInternalServiceServer;
+use agora_proto::user::v1::user_service_server::UserServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Every service and the gateway (the embedded default).
+    All,
+    User,
+    Auth,
+    Post,
+    Notification,
+    Gateway,
+}
+
+impl Target {
+    fn runs(self, service: ServiceName) -> bool {
+        matches!(
+            (self, service),
+            (Target::All, _)
+                | (Target::User, ServiceName::User)
+                | (Target::Auth, ServiceName::Auth)
+                | (Target::Post, ServiceName::Post)
+                | (Target::Notification, ServiceName::Notification)
+        )
+    }
+
+    fn runs_gateway(self) -> bool {
+        matches!(self, Target::All | Target::Gateway)
+    }
+
+    fn runs_any_service(self) -> bool {
+        self != Target::Gateway
+    }
+}
+
+/// A started process: its bound addresses and its tasks.
+pub struct RunningApp {
+    /// Where REST, gRPC-web and gRPC pass-through answer, when the gateway runs.
+    pub http_addr: Option<SocketAddr>,
+    /// Where the services answer gRPC, when any runs.
+    pub grpc_addr: Option<SocketAddr>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl RunningApp {
+    /// Waits until every server has stopped; the first failure stops the rest.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(err) = outcome {
+                self.shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(err);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Opens every database the target owns, creating schemas and running migrations.
+pub async fn migrate(config: &Config, target: Target) -> anyhow::Result<()> {
+    for service in ServiceName::ALL.into_iter().filter(|s| target.runs(*s)) {
+        let db = open_db(config, service).await?;
+        db.pool().close().await;
+        tracing::info!(%service, "migrations applied");
+    }
+    Ok(())
+}
+
+async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_kit::db::Db> {
+    let target = config.database(service);
+    let db = match service {
+        ServiceName::User => agora_user::open_db(target).await?,
+        ServiceName::Auth => agora_auth::open_db(target).await?,
+        // These services keep no data yet; opening still validates the target.
+        ServiceName::Post | ServiceName::Notification => {
+            agora_kit::db::Db::connect(target, service).await?
+        }
+    };
+    Ok(db)
+}
+
+/// Binds and starts `target`; the returned app runs until `shutdown` is cancelled.
+pub async fn start(
+    config: Config,
+    target: Target,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningApp> {
+    let mut tasks = JoinSet::new();
+
+    let grpc_listener = if target.runs_any_service() {
+        Some(
+            TcpListener::bind(config.grpc_addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding gRPC on {}: {e}", config.grpc_addr))?,
+        )
+    } else {
+        None
+    };
+    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let upstreams = Upstreams::new(&config, grpc_addr.unwrap_or(config.grpc_addr))?;
+    let verifier = TokenVerifier::new(
+        GrpcJwks::new(upstreams.auth.clone()),
+        &config.jwt_issuer,
+        &config.jwt_audience,
+    );
+
+    if let Some(listener) = grpc_listener {
+        let mut server = GrpcServer::new();
+        if target.runs(ServiceName::User) {
+            let db = open_db(&config, ServiceName::User).await?;
+            let (public, internal) = agora_user::api::services(
+                agora_user::store::Store::new(db),
+                agora_user::password::Hasher::new(config.password_hash_concurrency),
+                verifier.clone(),
+                config.admin_email.clone(),
+            );
+            server = server
+                .add(UserServiceServer::new(public))
+                .add(UserInternalServiceServer::new(internal));
+        }
+        if target.runs(ServiceName::Auth) {
+            let db = open_db(&config, ServiceName::Auth).await?;
+            // Only the single-process SQLite setup may invent its own key: replicas
+            // of a production auth service must share keys from a secret.
+            let embedded = matches!(
+                config.database(ServiceName::Auth),
+                DatabaseTarget::Sqlite(_)
+            );
+            let keys = Arc::new(agora_auth::KeyRing::load(&config.auth_keys_dir, embedded)?);
+            let local_verifier = TokenVerifier::new(
+                agora_auth::keys::LocalJwks(keys.clone()),
+                &config.jwt_issuer,
+                &config.jwt_audience,
+            );
+            let api = agora_auth::AuthApi::new(
+                agora_auth::store::Store::new(db),
+                keys,
+                agora_auth::tokens::Minter {
+                    issuer: config.jwt_issuer.clone(),
+                    audience: config.jwt_audience.clone(),
+                    access_ttl: config.access_token_ttl,
+                },
+                config.refresh_token_ttl,
+                upstreams.user.clone(),
+                local_verifier,
+            );
+            server = server.add(AuthServiceServer::new(api));
+        }
+        if target.runs(ServiceName::Post) {
+            server = server.add(PostServiceServer::new(agora_post::PostApi));
+        }
+        if target.runs(ServiceName::Notification) {
+            server = server.add(NotificationServiceServer::new(
+                agora_notification::NotificationApi,
+            ));
+        }
+        tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
+        tasks.spawn(server.serve(listener, shutdown.clone()));
+    }
+
+    let mut http_addr = None;
+    if target.runs_gateway() {
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding HTTP on {}: {e}", config.http_addr))?;
+        http_addr = Some(listener.local_addr()?);
+        let upstream_map: HashMap<String, tonic::transport::Channel> = ServiceName::ALL
+            .into_iter()
+            .map(|s| (s.proto_package().to_owned(), upstreams.get(s).clone()))
+            .collect();
+        let gateway = agora_gateway::GatewayConfig {
+            upstreams: upstream_map,
+            cors_origins: config.cors_origins.clone(),
+            body_limit_bytes: config.body_limit_bytes,
+            request_timeout: config.request_timeout,
+            rate_limit_per_second: config.rate_limit_per_second,
+            auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
+        };
+        tracing::info!(addr = %listener.local_addr()?, "HTTP gateway serving");
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            agora_gateway::serve(listener, gateway, async move { token.cancelled().await }).await
+        });
+    }
+
+    Ok(RunningApp {
+        http_addr,
+        grpc_addr,
+        tasks,
+        shutdown,
+    })
+}

@@ -1,0 +1,59 @@
+//! The command line: `serve`, `migrate`, `admin grant`, `openapi`, `config check`.
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Target;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "agora: user, auth, post and notification services behind one gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services and/or the gateway (default: everything, on SQLite files).
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        target: Target,
+    },
+    /// Create schemas and apply migrations, then exit.
+    Migrate {
+        #[arg(long, value_enum, default_value = "all")]
+        target: Target,
+    },
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the OpenAPI 3.1 document of the REST surface.
+    Openapi,
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Give an existing account a role.
+    Grant {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["user", "moderator", "admin"])]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the environment and list every problem.
+    Check,
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: a whole agora process per test, driven over REST, gRPC and
+//! gRPC-web exactly as clients drive it. Every case runs on the embedded default
+//! (SQLite) and, when `AGORA_TEST_DATABASE_URL` is set, on PostgreSQL.
+
+mod admin;
+mod grpc;
+mod helpers;
+mod identity;
+mod sessions;
+mod transcoding;
