@@ -5,6 +5,8 @@ use agora::cli::{AdminCommand, Cli, Command, ConfigCommand};
 use agora::{Target, app};
 use agora_kit::Config;
 use agora_kit::token::Role;
+use std::io::Write;
+
 use clap::Parser;
 
 #[tokio::main]
@@ -24,11 +26,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         target: Target::All,
     });
     if let Command::Openapi = command {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&agora_gateway::openapi_document())?
-        );
-        return Ok(());
+        let document = serde_json::to_string_pretty(&agora_gateway::openapi_document())?;
+        // A closed pipe (`agora openapi | head`) is the reader's choice, not a failure.
+        return match writeln!(std::io::stdout(), "{document}") {
+            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+            _ => Ok(()),
+        };
     }
     let config = Config::from_env()?;
     if let Command::Config {
