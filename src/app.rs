@@ -132,14 +132,14 @@ pub async fn start(
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
             let (public, internal) = agora_user::api::services(
-                agora_user::store::Store::new(db),
+                agora_user::store::Store::new(db.clone()),
                 agora_user::password::Hasher::new(config.password_hash_concurrency),
                 verifier.clone(),
                 config.admin_email.clone(),
             );
             server = server
-                .add(UserServiceServer::new(public))
-                .add(UserInternalServiceServer::new(internal));
+                .add_with_db(UserServiceServer::new(public), db.clone())
+                .add_with_db(UserInternalServiceServer::new(internal), db);
         }
         if target.runs(ServiceName::Auth) {
             let db = open_db(&config, ServiceName::Auth).await?;
@@ -156,7 +156,7 @@ pub async fn start(
                 &config.jwt_audience,
             );
             let api = agora_auth::AuthApi::new(
-                agora_auth::store::Store::new(db),
+                agora_auth::store::Store::new(db.clone()),
                 keys,
                 agora_auth::tokens::Minter {
                     issuer: config.jwt_issuer.clone(),
@@ -167,7 +167,7 @@ pub async fn start(
                 upstreams.user.clone(),
                 local_verifier,
             );
-            server = server.add(AuthServiceServer::new(api));
+            server = server.add_with_db(AuthServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Post) {
             server = server.add(PostServiceServer::new(agora_post::PostApi));

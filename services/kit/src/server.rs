@@ -6,6 +6,7 @@
 //! sending, then the listener closes and in-flight calls drain.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -15,12 +16,18 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::db::Db;
+
 /// Collects services, then serves them on one listener.
 pub struct GrpcServer {
     routes: RoutesBuilder,
-    names: Vec<&'static str>,
+    /// Each service and the database its readiness follows, if any.
+    names: Vec<(&'static str, Option<Db>)>,
     health: HealthReporter,
 }
+
+/// How often a service's database is probed for readiness.
+const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for GrpcServer {
     fn default() -> Self {
@@ -53,7 +60,7 @@ impl GrpcServer {
     }
 
     /// Adds a generated tonic service; it is reported SERVING while the server runs.
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn add<S>(self, service: S) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -66,7 +73,41 @@ impl GrpcServer {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.names.push(S::NAME);
+        self.add_inner(service, None)
+    }
+
+    /// Adds a service that is SERVING only while `db` answers, so load balancers
+    /// and the gateway's `/readyz` stop sending work it cannot do.
+    pub fn add_with_db<S>(self, service: S, db: Db) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.add_inner(service, Some(db))
+    }
+
+    fn add_inner<S>(mut self, service: S, db: Option<Db>) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push((S::NAME, db));
         self.routes.add_service(service);
         self
     }
@@ -84,13 +125,21 @@ impl GrpcServer {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let health = self.health.clone();
-        for name in &self.names {
+        for (name, db) in &self.names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
+            if let Some(db) = db.clone() {
+                tokio::spawn(follow_database(
+                    health.clone(),
+                    name,
+                    db,
+                    shutdown.child_token(),
+                ));
+            }
         }
         health.set_service_status("", ServingStatus::Serving).await;
-        let names = self.names.clone();
+        let names: Vec<&'static str> = self.names.iter().map(|(name, _)| *name).collect();
         let signal = async move {
             shutdown.cancelled().await;
             for name in &names {
@@ -107,5 +156,38 @@ impl GrpcServer {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await?;
         Ok(())
+    }
+}
+
+/// Keeps `name`'s health in step with its database until shutdown.
+async fn follow_database(
+    health: HealthReporter,
+    name: &'static str,
+    db: Db,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DB_PROBE_INTERVAL) => {}
+        }
+        let up = tokio::time::timeout(DB_PROBE_INTERVAL, db.ping())
+            .await
+            .unwrap_or(false);
+        if up != serving {
+            serving = up;
+            if up {
+                tracing::info!(service = name, "database reachable again: serving");
+            } else {
+                tracing::warn!(service = name, "database unreachable: not serving");
+            }
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(name, status).await;
+        }
     }
 }
