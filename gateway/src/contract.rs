@@ -102,8 +102,14 @@ mod tests {
             .pool
             .get_service_by_name("agora.user.v1.UserService")
             .unwrap();
-        let method = service.methods().find(|m| m.name() == "GetProfile").unwrap();
+        let method = service
+            .methods()
+            .find(|m| m.name() == "GetProfile")
+            .unwrap();
         let comment = contract.method_comment(&method).unwrap();
-        assert!(comment.starts_with("Returns a user's public profile."), "{comment}");
+        assert!(
+            comment.starts_with("Returns a user's public profile."),
+            "{comment}"
+        );
     }
 }

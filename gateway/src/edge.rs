@@ -92,12 +92,18 @@ fn request_span(request: &Request) -> tracing::Span {
 
 /// The helmet set, for an API that serves JSON and nothing a browser should render.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("origin-agent-cluster", "?1"),
     ("referrer-policy", "no-referrer"),
-    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
     ("x-content-type-options", "nosniff"),
     ("x-dns-prefetch-control", "off"),
     ("x-download-options", "noopen"),
@@ -228,6 +234,18 @@ impl RateLimits {
     }
 }
 
+/// The bucket an address spends from. An IPv6 client usually holds a whole /64,
+/// so budgets per single address would be trivially evaded.
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
 /// Registration, login and the token routes, over REST and over gRPC.
 pub fn is_auth_path(path: &str) -> bool {
     matches!(path, "/api/users" | "/api/users/" | "/api/users/login")
@@ -235,12 +253,16 @@ pub fn is_auth_path(path: &str) -> bool {
         || path.starts_with("/agora.auth.v1.AuthService/")
 }
 
-async fn rate_limit(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {
+async fn rate_limit(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
     // Without a known peer (in-process tests) everyone shares one bucket.
     let ip = request
         .extensions()
         .get::<ClientIp>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0);
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| rate_key(c.0));
     match limits.check(ip, request.uri().path()) {
         Ok(()) => next.run(request).await,
         Err(retry_after) => respond(
@@ -258,7 +280,11 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
     }
 }
 
-async fn body_size_limit(State(limit): State<usize>, request: Request<Body>, next: Next) -> Response {
+async fn body_size_limit(
+    State(limit): State<usize>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
     let protocol = Protocol::of(request.headers());
     // gRPC bodies are streams of messages; the services cap message sizes themselves.
     let declared = request
@@ -318,6 +344,17 @@ mod tests {
         for _ in 0..1000 {
             assert!(limits.check([10, 0, 0, 1].into(), "/api/users").is_ok());
         }
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(c));
+        let v4: IpAddr = [192, 0, 2, 1].into();
+        assert_eq!(rate_key(v4), v4);
     }
 
     #[test]

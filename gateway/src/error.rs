@@ -63,18 +63,28 @@ pub enum GatewayError {
 pub enum Protocol {
     /// JSON over HTTP.
     Json,
-    /// gRPC or gRPC-web: a status in headers/trailers.
+    /// gRPC: a status in headers (trailers-only response).
     Grpc,
+    /// gRPC-web answered before reaching the gRPC-web translation (edge rejections):
+    /// the same status headers, with a content type gRPC-web clients accept.
+    GrpcWeb,
 }
 
 impl Protocol {
-    /// gRPC when the content type says so (`application/grpc`, `application/grpc-web...`).
+    /// From the request's content type: `application/grpc-web...`, `application/grpc...`,
+    /// anything else is JSON.
     pub fn of(headers: &http::HeaderMap) -> Self {
-        let grpc = headers
+        let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        if grpc { Protocol::Grpc } else { Protocol::Json }
+            .unwrap_or("");
+        if content_type.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if content_type.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Json
+        }
     }
 }
 
@@ -84,6 +94,14 @@ pub fn respond(error: GatewayError, protocol: Protocol) -> Response {
     match protocol {
         Protocol::Json => json_response(&error),
         Protocol::Grpc => grpc_response(&error),
+        Protocol::GrpcWeb => {
+            let mut response = grpc_response(&error);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc-web+proto"),
+            );
+            response
+        }
     }
 }
 
@@ -111,7 +129,9 @@ impl GatewayError {
             GatewayError::RouteNotFound | GatewayError::ServiceNotExposed(_) => Code::Unimplemented,
             GatewayError::MethodNotAllowed => Code::Unimplemented,
             GatewayError::PayloadTooLarge => Code::ResourceExhausted,
-            GatewayError::UnsupportedMediaType(_) | GatewayError::BadRequest(_) => Code::InvalidArgument,
+            GatewayError::UnsupportedMediaType(_) | GatewayError::BadRequest(_) => {
+                Code::InvalidArgument
+            }
             GatewayError::RateLimited { .. } => Code::ResourceExhausted,
             GatewayError::Timeout => Code::DeadlineExceeded,
             GatewayError::NoUpstream(_) => Code::Unavailable,
@@ -132,7 +152,9 @@ impl GatewayError {
     fn log(&self) {
         match self {
             GatewayError::Internal(cause) => tracing::error!(%cause, "gateway fault"),
-            GatewayError::NoUpstream(package) => tracing::error!(%package, "no upstream configured"),
+            GatewayError::NoUpstream(package) => {
+                tracing::error!(%package, "no upstream configured")
+            }
             GatewayError::Upstream(status) if !is_client_visible(status.code()) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "upstream failed")
             }
@@ -228,6 +250,7 @@ fn default_message(code: Code) -> &'static str {
         Code::DeadlineExceeded => "request timed out",
         Code::Unimplemented => "not implemented",
         Code::Cancelled => "request cancelled",
+        Code::Unavailable => "service unavailable",
         _ => "internal error",
     }
 }
@@ -241,9 +264,10 @@ fn json_response(error: &GatewayError) -> Response {
         HeaderValue::from_static("application/json"),
     );
     if let GatewayError::RateLimited { retry_after } = error {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(*retry_after)));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_seconds(*retry_after)),
+        );
     }
     response
 }
@@ -253,15 +277,18 @@ fn grpc_response(error: &GatewayError) -> Response {
         // Pass the upstream status through whole (details included) when it is
         // meant for the client.
         GatewayError::Upstream(status) if is_client_visible(status.code()) => status.clone(),
-        GatewayError::Upstream(status) => Status::new(status.code(), default_message(status.code())),
+        GatewayError::Upstream(status) => {
+            Status::new(status.code(), default_message(status.code()))
+        }
         GatewayError::Internal(_) => Status::internal("internal error"),
         other => Status::new(other.grpc_code(), other.to_string()),
     };
     let mut response = status.into_http::<Body>();
     if let GatewayError::RateLimited { retry_after } = error {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(*retry_after)));
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_seconds(*retry_after)),
+        );
     }
     response
 }
@@ -325,7 +352,8 @@ mod tests {
 
     #[tokio::test]
     async fn already_exists_keeps_field_violations_with_409() {
-        let details = ErrorDetails::with_bad_request_violation("username", "has already been taken");
+        let details =
+            ErrorDetails::with_bad_request_violation("username", "has already been taken");
         let status = Status::with_error_details(Code::AlreadyExists, "taken", details);
         let response = respond(GatewayError::Upstream(status), Protocol::Json);
         assert_eq!(response.status(), StatusCode::CONFLICT);
@@ -342,7 +370,10 @@ mod tests {
             Protocol::Json,
         );
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        assert_eq!(body_of(response).await, json!({"errors": {"body": ["article not found"]}}));
+        assert_eq!(
+            body_of(response).await,
+            json!({"errors": {"body": ["article not found"]}})
+        );
     }
 
     #[tokio::test]
@@ -353,7 +384,10 @@ mod tests {
         ] {
             let response = respond(GatewayError::Upstream(status.clone()), Protocol::Json);
             assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-            assert_eq!(body_of(response).await, json!({"errors": {"body": ["internal error"]}}));
+            assert_eq!(
+                body_of(response).await,
+                json!({"errors": {"body": ["internal error"]}})
+            );
             let grpc = respond(GatewayError::Upstream(status), Protocol::Grpc);
             let message = grpc.headers()["grpc-message"].to_str().unwrap().to_owned();
             assert_eq!(message, "internal%20error");
@@ -395,10 +429,32 @@ mod tests {
 
     #[test]
     fn grpc_clients_get_a_trailers_only_status() {
-        let response = respond(GatewayError::ServiceNotExposed("x.Y".into()), Protocol::Grpc);
+        let response = respond(
+            GatewayError::ServiceNotExposed("x.Y".into()),
+            Protocol::Grpc,
+        );
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["grpc-status"], "12");
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+    }
+
+    #[test]
+    fn grpc_web_rejections_at_the_edge_say_grpc_web() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web-text"),
+        );
+        assert_eq!(Protocol::of(&headers), Protocol::GrpcWeb);
+        let error = GatewayError::RateLimited {
+            retry_after: Duration::from_secs(1),
+        };
+        let response = respond(error, Protocol::GrpcWeb);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/grpc-web+proto"
+        );
     }
 
     #[test]

@@ -8,9 +8,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::upstream::Upstreams;
 
@@ -31,12 +31,16 @@ pub async fn readyz(upstreams: &Upstreams, required: &BTreeSet<String>) -> Respo
             let mut client = HealthClient::new(channel);
             // The empty service name asks about the server as a whole, which a
             // service's health reporter flips to NOT_SERVING when it starts draining.
-            let request = HealthCheckRequest { service: String::new() };
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
             let answer = tokio::time::timeout(CHECK_TIMEOUT, client.check(request)).await;
             let problem = match answer {
                 Err(_) => Some("health check timed out".to_owned()),
                 Ok(Err(status)) => Some(format!("health check failed: {:?}", status.code())),
-                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => None,
+                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                    None
+                }
                 Ok(Ok(_)) => Some("not serving".to_owned()),
             };
             (package.clone(), problem)

@@ -115,9 +115,15 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
     };
     let routes = Router::new()
-        .route("/healthz", get(health::healthz).fallback(method_not_allowed))
+        .route(
+            "/healthz",
+            get(health::healthz).fallback(method_not_allowed),
+        )
         .route("/readyz", get(readyz).fallback(method_not_allowed))
-        .route("/openapi.json", get(openapi_json).fallback(method_not_allowed))
+        .route(
+            "/openapi.json",
+            get(openapi_json).fallback(method_not_allowed),
+        )
         .fallback(dispatch)
         .with_state(app);
     Ok(edge::wrap(routes, &edge))
@@ -135,7 +141,7 @@ pub fn openapi_document() -> serde_json::Value {
 /// gRPC and gRPC-web go to the proxy, everything else to the REST handler.
 async fn dispatch(State(app): State<App>, request: Request) -> Response {
     match Protocol::of(request.headers()) {
-        Protocol::Grpc => proxy::serve_grpc(app.proxy, request).await,
+        Protocol::Grpc | Protocol::GrpcWeb => proxy::serve_grpc(app.proxy, request).await,
         Protocol::Json => match app.rest.handle(request).await {
             Ok(response) => response,
             Err(error) => respond(error, Protocol::Json),

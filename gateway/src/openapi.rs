@@ -11,11 +11,19 @@ use serde_json::{Map, Value as Json, json};
 use crate::contract::Contract;
 use crate::route::{BodyRule, Route, RouteTable, find_field, resolve_field_path};
 
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE",
+];
+
 /// Builds the document for a contract and its routes.
 pub fn document(contract: &Contract, routes: &RouteTable) -> Json {
     let mut schemas = Schemas::new(contract);
     let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
     for route in routes.routes() {
+        // OpenAPI 3.1 path items have fixed method keys; custom methods cannot be listed.
+        if !STANDARD_METHODS.contains(&route.http_method.as_str()) {
+            continue;
+        }
         let operation = operation(contract, route, &mut schemas);
         paths
             .entry(route.template.openapi_path())
@@ -53,8 +61,17 @@ fn operation(contract: &Contract, route: &Route, schemas: &mut Schemas) -> Json 
     let method = &route.method;
     let service = method.parent_service();
     let comment = contract.method_comment(method).unwrap_or("");
-    let summary = comment.split("\n\n").next().unwrap_or("").replace('\n', " ");
-    let summary = summary.split(". ").next().unwrap_or("").trim_end_matches('.').to_owned();
+    let summary = comment
+        .split("\n\n")
+        .next()
+        .unwrap_or("")
+        .replace('\n', " ");
+    let summary = summary
+        .split(". ")
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_owned();
     let mut operation_id = format!("{}_{}", service.name(), method.name());
     if route.binding_index > 0 {
         operation_id.push_str(&format!("_{}", route.binding_index));
@@ -66,7 +83,12 @@ fn operation(contract: &Contract, route: &Route, schemas: &mut Schemas) -> Json 
     for variable in route.template.variables() {
         let name = variable.field_path.join(".");
         let fields = resolve_field_path(&input, &variable.field_path).unwrap_or_default();
-        bound.insert(fields.first().map(|f| f.name().to_owned()).unwrap_or_default());
+        bound.insert(
+            fields
+                .first()
+                .map(|f| f.name().to_owned())
+                .unwrap_or_default(),
+        );
         let (schema, description) = match fields.last() {
             Some(field) => (schemas.scalar_schema(field), schemas.field_comment(field)),
             None => (json!({"type": "string"}), None),
@@ -137,7 +159,10 @@ fn operation(contract: &Contract, route: &Route, schemas: &mut Schemas) -> Json 
         "description": "`{\"errors\": {\"<field>\": [\"<message>\"]}}`: 400 malformed request, 401 not signed in, 403 not allowed, 404 not found, 409 conflict, 422 validation failed, 429 rate limited.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     });
-    op.insert("responses".into(), json!({ success: success_response, "default": error }));
+    op.insert(
+        "responses".into(),
+        json!({ success: success_response, "default": error }),
+    );
     Json::Object(op)
 }
 
@@ -167,7 +192,8 @@ fn query_parameters(
             if field.is_list() {
                 schema = json!({"type": "array", "items": schema});
             }
-            let mut parameter = json!({"name": name, "in": "query", "required": false, "schema": schema});
+            let mut parameter =
+                json!({"name": name, "in": "query", "required": false, "schema": schema});
             if field.is_list() {
                 parameter["explode"] = json!(true);
             }
@@ -230,10 +256,18 @@ impl<'a> Schemas<'a> {
     fn scalar_schema(&mut self, field: &FieldDescriptor) -> Json {
         match field.kind() {
             Kind::Double | Kind::Float => json!({"type": "number"}),
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
-            Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
-            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "integer", "format": "int64"}),
-            Kind::Uint64 | Kind::Fixed64 => json!({"type": "integer", "format": "int64", "minimum": 0}),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({"type": "integer", "format": "int32"})
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({"type": "integer", "format": "int32", "minimum": 0})
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({"type": "integer", "format": "int64"})
+            }
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({"type": "integer", "format": "int64", "minimum": 0})
+            }
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
             Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -329,7 +363,10 @@ impl<'a> Schemas<'a> {
             properties.insert(field.json_name().to_owned(), schema);
         }
         let mut schema = json!({"type": "object", "properties": properties, "required": required});
-        if let Some(comment) = self.contract.comment(message.parent_file().name(), message.path()) {
+        if let Some(comment) = self
+            .contract
+            .comment(message.parent_file().name(), message.path())
+        {
             schema["description"] = json!(comment);
         }
         schema
@@ -391,11 +428,21 @@ mod tests {
             register["requestBody"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/agora.auth.v1.RegisterRequest"
         );
-        assert!(doc["paths"]["/api/admin/users/{username}"]["delete"]["responses"]["204"].is_object());
+        assert!(
+            doc["paths"]["/api/admin/users/{username}"]["delete"]["responses"]["204"].is_object()
+        );
 
         let list = &doc["paths"]["/api/articles"]["get"]["parameters"];
-        let names: Vec<_> = list.as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
-        assert!(names.contains(&json!("tag")) && names.contains(&json!("limit")), "{names:?}");
+        let names: Vec<_> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect();
+        assert!(
+            names.contains(&json!("tag")) && names.contains(&json!("limit")),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -406,7 +453,12 @@ mod tests {
         assert!(profile["properties"]["bio"]["oneOf"].is_array());
         assert!(profile["properties"]["following"]["description"].is_string());
         let role = &doc["components"]["schemas"]["agora.user.v1.Role"];
-        assert!(role["enum"].as_array().unwrap().contains(&json!("ROLE_ADMIN")));
+        assert!(
+            role["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ROLE_ADMIN"))
+        );
         assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
     }
 

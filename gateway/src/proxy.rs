@@ -1,6 +1,6 @@
 //! gRPC pass-through: a gRPC call is forwarded whole, bodies streaming both ways,
 //! to the upstream that owns its service. gRPC-web is turned into gRPC in front of
-//! this by `tonic_web::GrpcWebLayer` (see [`grpc_service`]).
+//! this by `tonic_web::GrpcWebLayer` (see [`serve_grpc`]).
 //!
 //! Only services with at least one http-annotated method are forwarded; calls to
 //! anything else (the `*InternalService`s, unknown names) answer UNIMPLEMENTED
@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Version, header};
+use http_body_util::{BodyStream, StreamBody};
 use tower::{Layer as _, Service, ServiceExt as _};
 
 use crate::error::{GatewayError, Protocol, respond};
@@ -50,7 +51,10 @@ impl GrpcProxy {
         }
     }
 
-    async fn forward(self, mut request: Request<tonic::body::Body>) -> Result<Response, GatewayError> {
+    async fn forward(
+        self,
+        mut request: Request<tonic::body::Body>,
+    ) -> Result<Response, GatewayError> {
         // `/package.Service/Method`
         let service = request
             .uri()
@@ -81,6 +85,7 @@ impl GrpcProxy {
             headers.insert(REAL_IP, value);
         }
         *request.version_mut() = Version::HTTP_2;
+        let request = request.map(without_size_hint);
 
         let response = channel
             .oneshot(request)
@@ -88,6 +93,13 @@ impl GrpcProxy {
             .map_err(|e| GatewayError::Upstream(tonic::Status::unavailable(e.to_string())))?;
         Ok(response.map(Body::new))
     }
+}
+
+/// Drops the body's size hint. tonic-web keeps the base64 size hint of a
+/// grpc-web-text body on the decoded body, and hyper would announce that wrong
+/// length upstream as `content-length` (the service then resets the stream).
+fn without_size_hint(body: tonic::body::Body) -> tonic::body::Body {
+    tonic::body::Body::new(StreamBody::new(BodyStream::new(body)))
 }
 
 impl Service<Request<tonic::body::Body>> for GrpcProxy {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use futures::Stream;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
@@ -62,8 +62,10 @@ impl Rest {
             .map_err(|e| GatewayError::BadRequest(e.0))?;
 
         let channel = self.upstreams.for_method(&route.method)?;
-        let metadata =
-            upstream::forwarded_metadata(&parts.headers, parts.extensions.get::<ClientIp>().copied());
+        let metadata = upstream::forwarded_metadata(
+            &parts.headers,
+            parts.extensions.get::<ClientIp>().copied(),
+        );
 
         if route.method.is_server_streaming() {
             let stream =
@@ -91,7 +93,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
             if too_large {
                 Err(GatewayError::PayloadTooLarge)
             } else {
-                Err(GatewayError::BadRequest(format!("could not read the body: {error}")))
+                Err(GatewayError::BadRequest(format!(
+                    "could not read the body: {error}"
+                )))
             }
         }
     }
@@ -108,7 +112,9 @@ fn check_content_type(headers: &HeaderMap, body: &Bytes) -> Result<(), GatewayEr
     };
     let text = value.to_str().unwrap_or("").to_ascii_lowercase();
     let essence = text.split(';').next().unwrap_or("").trim();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(GatewayError::UnsupportedMediaType(essence.to_owned()))
@@ -128,9 +134,10 @@ fn json_response(route: &Route, reply: &DynamicMessage) -> Response {
     };
     let mut response = Response::new(Body::from(json.to_string()));
     *response.status_mut() = route.success;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -162,7 +169,8 @@ fn events(
             }
             Ok(None) => None,
             Err(status) => {
-                let errors = serde_json::json!({ "errors": GatewayError::Upstream(status).errors() });
+                let errors =
+                    serde_json::json!({ "errors": GatewayError::Upstream(status).errors() });
                 let event = Event::default().event("error").data(errors.to_string());
                 Some((Ok(event), None))
             }
@@ -179,7 +187,7 @@ fn event_id(message: &DynamicMessage) -> Option<String> {
             return None;
         }
         match message.get_field(&field).as_ref() {
-            Value::String(s) if !s.is_empty() && !s.contains(['\n', '\r']) => Some(s.clone()),
+            Value::String(s) if !s.is_empty() && !s.contains(['\n', '\r', '\0']) => Some(s.clone()),
             Value::I64(n) => Some(n.to_string()),
             Value::U64(n) => Some(n.to_string()),
             Value::I32(n) => Some(n.to_string()),
@@ -209,7 +217,10 @@ mod tests {
         assert!(with("application/json").is_ok());
         assert!(with("application/json; charset=utf-8").is_ok());
         assert!(with("application/merge-patch+json").is_ok());
-        assert!(matches!(with("text/plain"), Err(GatewayError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            with("text/plain"),
+            Err(GatewayError::UnsupportedMediaType(_))
+        ));
         assert!(matches!(
             with("application/x-www-form-urlencoded"),
             Err(GatewayError::UnsupportedMediaType(_))

@@ -14,6 +14,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::GatewayConfig;
@@ -33,6 +34,9 @@ pub async fn serve(
 
     let builder = Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    // Connection tasks live here so that whatever outlives the drain is aborted,
+    // not left running after `serve` returns.
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -46,20 +50,26 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         // Each request learns its peer, for rate limits and x-real-ip.
-        let service = app.clone().map_request(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            request
-        });
+        let service = app
+            .clone()
+            .map_request(move |mut request: http::Request<Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request
+            });
         let connection = builder.serve_connection_with_upgrades(
             TokioIo::new(stream),
             TowerToHyperService::new(service),
         );
         let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }
@@ -68,8 +78,15 @@ pub async fn serve(
 
     tracing::info!("gateway draining");
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("drain timed out; closing the remaining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "drain timed out; closing the remaining connections"
+        );
     }
+    connections.shutdown().await;
     Ok(())
 }

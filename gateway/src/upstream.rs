@@ -110,18 +110,22 @@ pub async fn call_unary(
     let started = std::time::Instant::now();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(unavailable)?;
-    grpc.unary(request, path_of(method)?, DynamicCodec::new(method.output()))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| {
-            // tonic servers answer an expired `grpc-timeout` with CANCELLED; once our
-            // deadline has passed, that is a deadline, not a client going away.
-            if status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout {
-                GatewayError::Timeout
-            } else {
-                GatewayError::Upstream(status)
-            }
-        })
+    grpc.unary(
+        request,
+        path_of(method)?,
+        DynamicCodec::new(method.output()),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(|status| {
+        // tonic servers answer an expired `grpc-timeout` with CANCELLED; once our
+        // deadline has passed, that is a deadline, not a client going away.
+        if status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout {
+            GatewayError::Timeout
+        } else {
+            GatewayError::Upstream(status)
+        }
+    })
 }
 
 /// Opens a server-streaming RPC. No deadline: streams live as long as the client.
@@ -134,10 +138,14 @@ pub async fn call_server_streaming(
     let request = request(message, metadata);
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(unavailable)?;
-    grpc.server_streaming(request, path_of(method)?, DynamicCodec::new(method.output()))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(GatewayError::Upstream)
+    grpc.server_streaming(
+        request,
+        path_of(method)?,
+        DynamicCodec::new(method.output()),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(GatewayError::Upstream)
 }
 
 fn unavailable(error: tonic::transport::Error) -> GatewayError {

@@ -49,7 +49,10 @@ async fn the_token_request_id_and_peer_address_are_forwarded_as_metadata() {
     assert_eq!(seen.get("x-request-id").unwrap(), "req-42");
     assert_eq!(seen.get("x-real-ip").unwrap(), "203.0.113.9");
     assert!(seen.get("cookie").is_none());
-    assert!(seen.get("grpc-timeout").is_some(), "the deadline is propagated");
+    assert!(
+        seen.get("grpc-timeout").is_some(),
+        "the deadline is propagated"
+    );
 }
 
 #[tokio::test]
@@ -59,7 +62,10 @@ async fn an_unknown_profile_is_a_404_in_the_errors_shape() {
     let response = app.get("/api/profiles/nobody").await;
 
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(body_json(response).await, json!({"errors": {"body": ["profile not found"]}}));
+    assert_eq!(
+        body_json(response).await,
+        json!({"errors": {"body": ["profile not found"]}})
+    );
 }
 
 #[tokio::test]
@@ -69,7 +75,10 @@ async fn field_violations_from_the_service_become_a_conduit_422() {
     let response = app.get("/api/profiles/invalid!").await;
 
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(body_json(response).await, json!({"errors": {"username": ["is invalid"]}}));
+    assert_eq!(
+        body_json(response).await,
+        json!({"errors": {"username": ["is invalid"]}})
+    );
 }
 
 #[tokio::test]
@@ -79,7 +88,10 @@ async fn an_internal_upstream_error_is_a_generic_500() {
     let response = app.get("/api/profiles/boom").await;
 
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(body_json(response).await, json!({"errors": {"body": ["internal error"]}}));
+    assert_eq!(
+        body_json(response).await,
+        json!({"errors": {"body": ["internal error"]}})
+    );
 }
 
 #[tokio::test]
@@ -103,7 +115,8 @@ async fn a_slow_upstream_times_out_with_504() {
 
 #[tokio::test]
 async fn a_package_without_an_upstream_is_a_503() {
-    let app = TestApp::with_config(|c| c.upstreams.retain(|package, _| package == "agora.user.v1")).await;
+    let app =
+        TestApp::with_config(|c| c.upstreams.retain(|package, _| package == "agora.user.v1")).await;
 
     let response = app.get("/api/tags").await;
 
@@ -116,11 +129,27 @@ async fn requests_the_gateway_cannot_route_or_read_get_json_4xx() {
 
     let cases = [
         (app.get("/nope").await, StatusCode::NOT_FOUND),
-        (app.json("PATCH", "/api/profiles/jake", "{}").await, StatusCode::METHOD_NOT_ALLOWED),
-        (app.json("POST", "/healthz", "{}").await, StatusCode::METHOD_NOT_ALLOWED),
-        (app.json("PUT", "/api/user", "{\"user\": ").await, StatusCode::BAD_REQUEST),
-        (app.json("PUT", "/api/user", "{\"user\": {\"email\": 5}}").await, StatusCode::BAD_REQUEST),
-        (app.get("/api/articles?limit=lots").await, StatusCode::BAD_REQUEST),
+        (
+            app.json("PATCH", "/api/profiles/jake", "{}").await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            app.json("POST", "/healthz", "{}").await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            app.json("PUT", "/api/user", "{\"user\": ").await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.json("PUT", "/api/user", "{\"user\": {\"email\": 5}}")
+                .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.get("/api/articles?limit=lots").await,
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (response, expected) in cases {
         assert_eq!(response.status(), expected);
@@ -150,7 +179,10 @@ async fn an_oversize_body_is_refused_with_413_declared_or_not() {
         .header("content-type", "application/json")
         .body(Body::from_stream(futures::stream::iter(chunks)))
         .unwrap();
-    assert_eq!(app.send(streamed).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        app.send(streamed).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
 }
 
 #[tokio::test]
@@ -160,14 +192,28 @@ async fn server_streams_are_served_as_server_sent_events() {
     let response = app.get("/api/articles/live/comments/stream").await;
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let text = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.trim().is_empty()).collect();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
     assert_eq!(events.len(), 2, "{text}");
-    let first_data = events[0].lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let first_data = events[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
     let first: serde_json::Value = serde_json::from_str(first_data).unwrap();
     assert_eq!(first["added"]["id"], json!(7));
-    assert_eq!(first["added"]["createdAt"], json!("2024-01-02T03:04:05.000Z"));
+    assert_eq!(
+        first["added"]["createdAt"],
+        json!("2024-01-02T03:04:05.000Z")
+    );
     assert!(events[0].lines().any(|l| l == "id: 7"), "{}", events[0]);
     assert!(events[1].contains("\"deletedId\":7"), "{}", events[1]);
 
@@ -208,13 +254,20 @@ async fn a_grpc_web_call_is_translated_to_grpc_and_back() {
     let app = TestApp::start().await;
     let request = grpc_web_request(
         "/agora.user.v1.UserService/GetProfile",
-        grpc_web_frame(&GetProfileRequest { username: "jake".into() }),
+        grpc_web_frame(&GetProfileRequest {
+            username: "jake".into(),
+        }),
     );
 
     let response = app.send(request).await;
 
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web")
+    );
     let frames = grpc_web_frames(body_bytes(response).await);
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[0].0, 0);
@@ -226,11 +279,42 @@ async fn a_grpc_web_call_is_translated_to_grpc_and_back() {
 }
 
 #[tokio::test]
+async fn a_grpc_web_text_call_is_base64_both_ways() {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let app = TestApp::start().await;
+    let frame = grpc_web_frame(&GetProfileRequest {
+        username: "jake".into(),
+    });
+    let request = Request::post("/agora.user.v1.UserService/GetProfile")
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .body(Body::from(engine.encode(&frame)))
+        .unwrap();
+
+    let response = app.send(request).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_bytes(response).await;
+    // Each chunk is encoded on its own, so decode quantum by quantum.
+    let decoded: Vec<u8> = text
+        .chunks(4)
+        .flat_map(|quantum| engine.decode(quantum).unwrap())
+        .collect();
+    let frames = grpc_web_frames(Bytes::from(decoded));
+    let reply = GetProfileResponse::decode(frames[0].1.clone()).unwrap();
+    assert_eq!(reply.profile.unwrap().username, "jake");
+    assert_eq!(frames.last().unwrap().0, 0x80);
+}
+
+#[tokio::test]
 async fn a_grpc_web_error_keeps_its_status() {
     let app = TestApp::start().await;
     let request = grpc_web_request(
         "/agora.user.v1.UserService/GetProfile",
-        grpc_web_frame(&GetProfileRequest { username: "nobody".into() }),
+        grpc_web_frame(&GetProfileRequest {
+            username: "nobody".into(),
+        }),
     );
 
     let response = app.send(request).await;
@@ -266,7 +350,12 @@ async fn every_response_carries_security_headers_and_a_request_id() {
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert_eq!(headers["x-frame-options"], "DENY");
         assert_eq!(headers["referrer-policy"], "no-referrer");
-        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
         assert!(headers.contains_key("strict-transport-security"));
         assert_eq!(headers["x-permitted-cross-domain-policies"], "none");
         assert!(!headers["x-request-id"].is_empty());
@@ -281,24 +370,39 @@ async fn cors_allows_listed_origins_only_and_exposes_grpc_headers() {
         Request::options("/api/articles")
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
             .body(Body::empty())
             .unwrap()
     };
 
     let allowed = app.send(preflight("https://app.example")).await;
-    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
 
     let refused = app.send(preflight("https://evil.example")).await;
-    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
 
     let request = Request::get("/api/profiles/jake")
         .header("origin", "https://app.example")
         .body(Body::empty())
         .unwrap();
     let response = app.send(request).await;
-    let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap();
-    assert!(exposed.contains("grpc-status") && exposed.contains("grpc-message"), "{exposed}");
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("grpc-status") && exposed.contains("grpc-message"),
+        "{exposed}"
+    );
 }
 
 #[tokio::test]
@@ -325,11 +429,18 @@ async fn the_probes_report_liveness_and_upstream_readiness() {
     assert_eq!(body_json(healthz).await, json!({"status": "ok"}));
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 
-    let partial = TestApp::with_config(|c| c.upstreams.retain(|package, _| package == "agora.user.v1")).await;
+    let partial =
+        TestApp::with_config(|c| c.upstreams.retain(|package, _| package == "agora.user.v1")).await;
     let readyz = partial.get("/readyz").await;
     assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = body_json(readyz).await;
-    assert!(body["failing"].as_array().unwrap().contains(&json!("agora.post.v1")), "{body}");
+    assert!(
+        body["failing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("agora.post.v1")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -369,14 +480,20 @@ async fn serve_speaks_http1_and_plain_grpc_on_one_port() {
     assert_eq!(response.version(), http::Version::HTTP_11);
 
     // Plain gRPC over cleartext HTTP/2, forwarded to the owning service.
-    let mut grpc = UserServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut grpc = UserServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let reply = grpc
-        .get_profile(GetProfileRequest { username: "jake".into() })
+        .get_profile(GetProfileRequest {
+            username: "jake".into(),
+        })
         .await
         .unwrap();
     assert_eq!(reply.into_inner().profile.unwrap().username, "jake");
     let error = grpc
-        .get_profile(GetProfileRequest { username: "invalid!".into() })
+        .get_profile(GetProfileRequest {
+            username: "invalid!".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);

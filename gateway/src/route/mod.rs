@@ -103,9 +103,7 @@ impl RouteTable {
                 for (index, binding) in bindings.iter().enumerate() {
                     match compile(&method, binding, success, index) {
                         Ok(route) => routes.push(Arc::new(route)),
-                        Err(problem) => {
-                            problems.push(format!("{}: {problem}", method.full_name()))
-                        }
+                        Err(problem) => problems.push(format!("{}: {problem}", method.full_name())),
                     }
                 }
             }
@@ -141,7 +139,11 @@ impl RouteTable {
 
     /// Finds the most specific route for a method and path. A trailing slash is
     /// forgiven, since some clients add one.
-    pub fn resolve(&self, method: &Method, path: &str) -> Result<(Arc<Route>, Captures), RouteMiss> {
+    pub fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<(Arc<Route>, Captures), RouteMiss> {
         let path = match path.strip_suffix('/') {
             Some(trimmed) if !trimmed.is_empty() => trimmed,
             _ => path,
@@ -269,12 +271,22 @@ pub fn resolve_field_path(
     let mut current = message.clone();
     let mut fields = Vec::with_capacity(path.len());
     for (i, name) in path.iter().enumerate() {
-        let field = find_field(&current, name)
-            .ok_or_else(|| format!("field {:?} not found in {}", path.join("."), message.full_name()))?;
+        let field = find_field(&current, name).ok_or_else(|| {
+            format!(
+                "field {:?} not found in {}",
+                path.join("."),
+                message.full_name()
+            )
+        })?;
         if i + 1 < path.len() {
             match field.kind().as_message() {
                 Some(next) if !field.is_list() && !field.is_map() => current = next.clone(),
-                _ => return Err(format!("{:?} does not lead through messages", path.join("."))),
+                _ => {
+                    return Err(format!(
+                        "{:?} does not lead through messages",
+                        path.join(".")
+                    ));
+                }
             }
         }
         fields.push(field);
@@ -331,7 +343,10 @@ mod tests {
     #[test]
     fn comment_ids_and_streams_resolve() {
         let (route, captures) = resolve(Method::DELETE, "/api/articles/a/comments/42");
-        assert_eq!(route.grpc_path(), "/agora.post.v1.PostService/DeleteComment");
+        assert_eq!(
+            route.grpc_path(),
+            "/agora.post.v1.PostService/DeleteComment"
+        );
         assert_eq!(captures.get("id"), Some("42"));
         let (route, _) = resolve(Method::GET, "/api/articles/a/comments/stream");
         assert!(route.method.is_server_streaming());
@@ -340,11 +355,15 @@ mod tests {
     #[test]
     fn a_known_path_with_the_wrong_method_is_not_allowed() {
         assert_eq!(
-            table().resolve(&Method::PATCH, "/api/profiles/jake").unwrap_err(),
+            table()
+                .resolve(&Method::PATCH, "/api/profiles/jake")
+                .unwrap_err(),
             RouteMiss::MethodNotAllowed
         );
         assert_eq!(
-            table().resolve(&Method::GET, "/api/nothing-here").unwrap_err(),
+            table()
+                .resolve(&Method::GET, "/api/nothing-here")
+                .unwrap_err(),
             RouteMiss::NotFound
         );
     }
@@ -356,12 +375,12 @@ mod tests {
         assert!(exposed.contains("agora.user.v1.UserService"));
         assert!(exposed.contains("agora.notification.v1.NotificationService"));
         assert!(exposed.iter().all(|s| !s.ends_with("InternalService")));
-        assert!(
-            table
-                .routes()
-                .iter()
-                .all(|r| !r.method.parent_service().name().ends_with("InternalService"))
-        );
+        assert!(table.routes().iter().all(|r| {
+            !r.method
+                .parent_service()
+                .name()
+                .ends_with("InternalService")
+        }));
     }
 
     #[test]

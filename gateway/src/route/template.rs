@@ -388,17 +388,28 @@ mod tests {
     #[test]
     fn a_literal_template_matches_only_itself() {
         let template = t("/api/articles/feed");
-        assert_eq!(template.matches("/api/articles/feed"), Some(Captures::default()));
+        assert_eq!(
+            template.matches("/api/articles/feed"),
+            Some(Captures::default())
+        );
         assert_eq!(template.matches("/api/articles"), None);
         assert_eq!(template.matches("/api/articles/feed/x"), None);
     }
 
     #[test]
     fn a_simple_variable_captures_one_segment() {
-        let captures = t("/api/profiles/{username}").matches("/api/profiles/jake").unwrap();
+        let captures = t("/api/profiles/{username}")
+            .matches("/api/profiles/jake")
+            .unwrap();
         assert_eq!(captures.get("username"), Some("jake"));
-        assert_eq!(t("/api/profiles/{username}").matches("/api/profiles/"), None);
-        assert_eq!(t("/api/profiles/{username}").matches("/api/profiles/a/b"), None);
+        assert_eq!(
+            t("/api/profiles/{username}").matches("/api/profiles/"),
+            None
+        );
+        assert_eq!(
+            t("/api/profiles/{username}").matches("/api/profiles/a/b"),
+            None
+        );
     }
 
     #[test]
@@ -415,7 +426,10 @@ mod tests {
         let captures = template.matches("/api/articles/how-to/x").unwrap();
         assert_eq!(
             captures.0,
-            vec![(vec!["article".to_owned(), "slug".to_owned()], "how-to".to_owned())]
+            vec![(
+                vec!["article".to_owned(), "slug".to_owned()],
+                "how-to".to_owned()
+            )]
         );
     }
 
@@ -430,7 +444,10 @@ mod tests {
     #[test]
     fn double_star_matches_zero_or_more_trailing_segments() {
         let template = t("/files/{path=**}");
-        assert_eq!(template.matches("/files/a/b/c").unwrap().get("path"), Some("a/b/c"));
+        assert_eq!(
+            template.matches("/files/a/b/c").unwrap().get("path"),
+            Some("a/b/c")
+        );
         assert_eq!(template.matches("/files").unwrap().get("path"), Some(""));
         let template = t("/static/**");
         assert!(template.matches("/static/x/y").is_some());
@@ -492,7 +509,10 @@ mod tests {
             t("/api/articles/{slug}/comments/{id}").openapi_path(),
             "/api/articles/{slug}/comments/{id}"
         );
-        assert_eq!(t("/v1/{name=shelves/*}:get").openapi_path(), "/v1/{name}:get");
+        assert_eq!(
+            t("/v1/{name=shelves/*}:get").openapi_path(),
+            "/v1/{name}:get"
+        );
         assert_eq!(t("/").openapi_path(), "/");
     }
 }

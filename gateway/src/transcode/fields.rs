@@ -3,14 +3,20 @@
 //! (each occurrence appends), enums by name or number, and the well-known wrapper
 //! and Timestamp types. Errors are messages meant for the API client.
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _, Value,
+};
 
 use crate::route::find_field;
 
 /// Sets the field at `path` (proto or JSON names) from `raw`. Repeated fields get
 /// `raw` appended. `Ok(false)` when the path names no field: unknown query
 /// parameters are ignored, as browsers add cache busters.
-pub fn set_from_str(message: &mut DynamicMessage, path: &[&str], raw: &str) -> Result<bool, String> {
+pub fn set_from_str(
+    message: &mut DynamicMessage,
+    path: &[&str],
+    raw: &str,
+) -> Result<bool, String> {
     let Some((last, parents)) = path.split_last() else {
         return Ok(false);
     };
@@ -32,7 +38,10 @@ pub fn set_from_str(message: &mut DynamicMessage, path: &[&str], raw: &str) -> R
         return Ok(false);
     };
     if field.is_map() {
-        return Err(format!("{} is a map and cannot be set from a string", path.join(".")));
+        return Err(format!(
+            "{} is a map and cannot be set from a string",
+            path.join(".")
+        ));
     }
     let value = parse_value(&field, raw).map_err(|e| format!("{}: {e}", path.join(".")))?;
     if field.is_list() {
@@ -84,7 +93,11 @@ fn parse_kind(kind: &Kind, raw: &str) -> Result<Value, String> {
             let value = descriptor
                 .get_value_by_name(raw)
                 .map(|v| v.number())
-                .or_else(|| raw.parse::<i32>().ok().filter(|n| descriptor.get_value(*n).is_some()))
+                .or_else(|| {
+                    raw.parse::<i32>()
+                        .ok()
+                        .filter(|n| descriptor.get_value(*n).is_some())
+                })
                 .ok_or_else(|| format!("{raw:?} is not one of {}", enum_names(descriptor)))?;
             Value::EnumNumber(value)
         }
@@ -106,8 +119,9 @@ fn parse_well_known(descriptor: &MessageDescriptor, raw: &str) -> Result<Dynamic
     let mut message = DynamicMessage::new(descriptor.clone());
     match descriptor.full_name() {
         "google.protobuf.Timestamp" => {
-            let parsed = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| format!("{raw:?} is not an RFC 3339 timestamp"))?;
+            let parsed =
+                time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| format!("{raw:?} is not an RFC 3339 timestamp"))?;
             message.set_field_by_name("seconds", Value::I64(parsed.unix_timestamp()));
             message.set_field_by_name("nanos", Value::I32(parsed.nanosecond() as i32));
         }
@@ -147,8 +161,14 @@ mod tests {
         assert!(set_from_str(&mut request, &["article", "published"], "true").unwrap());
         let article = request.get_field_by_name("article").unwrap();
         let article = article.as_message().unwrap();
-        assert_eq!(article.get_field_by_name("title").unwrap().as_str(), Some("New"));
-        assert_eq!(article.get_field_by_name("published").unwrap().as_bool(), Some(true));
+        assert_eq!(
+            article.get_field_by_name("title").unwrap().as_str(),
+            Some("New")
+        );
+        assert_eq!(
+            article.get_field_by_name("published").unwrap().as_bool(),
+            Some(true)
+        );
 
         let mut list = message("agora.post.v1.ListArticlesRequest");
         assert!(set_from_str(&mut list, &["limit"], "5").unwrap());
@@ -161,7 +181,12 @@ mod tests {
         set_from_str(&mut article, &["tagList"], "a").unwrap();
         set_from_str(&mut article, &["tag_list"], "b").unwrap();
         let tags = article.get_field_by_name("tag_list").unwrap();
-        let tags: Vec<_> = tags.as_list().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        let tags: Vec<_> = tags
+            .as_list()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
         assert_eq!(tags, ["a", "b"]);
     }
 
@@ -169,9 +194,15 @@ mod tests {
     fn enums_accept_names_and_known_numbers_only() {
         let mut request = message("agora.user.v1.SetUserRoleRequest");
         set_from_str(&mut request, &["role"], "ROLE_ADMIN").unwrap();
-        assert_eq!(request.get_field_by_name("role").unwrap().as_enum_number(), Some(3));
+        assert_eq!(
+            request.get_field_by_name("role").unwrap().as_enum_number(),
+            Some(3)
+        );
         set_from_str(&mut request, &["role"], "2").unwrap();
-        assert_eq!(request.get_field_by_name("role").unwrap().as_enum_number(), Some(2));
+        assert_eq!(
+            request.get_field_by_name("role").unwrap().as_enum_number(),
+            Some(2)
+        );
         let error = set_from_str(&mut request, &["role"], "ROLE_GOD").unwrap_err();
         assert!(error.contains("ROLE_ADMIN"), "{error}");
         assert!(set_from_str(&mut request, &["role"], "99").is_err());

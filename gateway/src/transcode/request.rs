@@ -68,8 +68,9 @@ fn decode_json(
     match field {
         None => {
             let mut deserializer = serde_json::Deserializer::from_slice(body);
-            let message = DynamicMessage::deserialize_with_options(input, &mut deserializer, &options)
-                .map_err(bad)?;
+            let message =
+                DynamicMessage::deserialize_with_options(input, &mut deserializer, &options)
+                    .map_err(bad)?;
             deserializer.end().map_err(bad)?;
             Ok(message)
         }
@@ -77,7 +78,8 @@ fn decode_json(
             // Wrapping the body as `{field: body}` lets the proto3 JSON mapping handle
             // every kind of body field (message, repeated, scalar) the same way.
             let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
-            let wrapped = serde_json::Value::Object([(field.to_owned(), value)].into_iter().collect());
+            let wrapped =
+                serde_json::Value::Object([(field.to_owned(), value)].into_iter().collect());
             DynamicMessage::deserialize_with_options(input, wrapped, &options).map_err(bad)
         }
     }
@@ -86,8 +88,11 @@ fn decode_json(
 /// Splits `a=1&b=x%20y&b=z` into decoded pairs (`+` is a space, as in forms).
 pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, RequestError> {
     let decode = |s: &str| {
-        crate::route::template::percent_decode(&s.replace('+', " "), true)
-            .ok_or_else(|| RequestError(format!("query string is not valid UTF-8 percent-encoding: {s:?}")))
+        crate::route::template::percent_decode(&s.replace('+', " "), true).ok_or_else(|| {
+            RequestError(format!(
+                "query string is not valid UTF-8 percent-encoding: {s:?}"
+            ))
+        })
     };
     query
         .split('&')
@@ -106,7 +111,11 @@ mod tests {
     use crate::route::RouteTable;
     use http::Method;
 
-    fn build(method: Method, path_and_query: &str, body: &str) -> Result<DynamicMessage, RequestError> {
+    fn build(
+        method: Method,
+        path_and_query: &str,
+        body: &str,
+    ) -> Result<DynamicMessage, RequestError> {
         let table = RouteTable::build(&Contract::agora().unwrap()).unwrap();
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -120,14 +129,27 @@ mod tests {
         let mut current = message.clone();
         let parts: Vec<&str> = path.split('.').collect();
         for part in &parts[..parts.len() - 1] {
-            current = current.get_field_by_name(part).unwrap().as_message().unwrap().clone();
+            current = current
+                .get_field_by_name(part)
+                .unwrap()
+                .as_message()
+                .unwrap()
+                .clone();
         }
-        current.get_field_by_name(parts[parts.len() - 1]).unwrap().into_owned()
+        current
+            .get_field_by_name(parts[parts.len() - 1])
+            .unwrap()
+            .into_owned()
     }
 
     #[test]
     fn query_parameters_fill_fields_of_a_get() {
-        let message = build(Method::GET, "/api/articles?tag=rust&limit=5&offset=10&_=1", "").unwrap();
+        let message = build(
+            Method::GET,
+            "/api/articles?tag=rust&limit=5&offset=10&_=1",
+            "",
+        )
+        .unwrap();
         assert_eq!(field(&message, "tag").as_str(), Some("rust"));
         assert_eq!(field(&message, "limit").as_i32(), Some(5));
         assert_eq!(field(&message, "offset").as_i32(), Some(10));

@@ -41,10 +41,10 @@ pub fn render_field(message: &DynamicMessage, field: &FieldDescriptor) -> Json {
     if field.supports_presence() && !message.has_field(field) {
         return Json::Null;
     }
-    render_value(&message.get_field(field), &field.kind(), field)
+    render_value(&message.get_field(field), &field.kind())
 }
 
-fn render_value(value: &Value, kind: &Kind, field: &FieldDescriptor) -> Json {
+fn render_value(value: &Value, kind: &Kind) -> Json {
     match value {
         Value::Bool(b) => Json::Bool(*b),
         Value::I32(n) => Json::from(*n),
@@ -60,7 +60,7 @@ fn render_value(value: &Value, kind: &Kind, field: &FieldDescriptor) -> Json {
             None => Json::from(*n),
         },
         Value::Message(m) => render_message(m),
-        Value::List(items) => Json::Array(items.iter().map(|v| render_value(v, kind, field)).collect()),
+        Value::List(items) => Json::Array(items.iter().map(|v| render_value(v, kind)).collect()),
         Value::Map(entries) => {
             let value_kind = match kind.as_message() {
                 Some(entry) if entry.is_map_entry() => entry.map_entry_value_field().kind(),
@@ -71,7 +71,7 @@ fn render_value(value: &Value, kind: &Kind, field: &FieldDescriptor) -> Json {
             keys.sort();
             let object = keys
                 .into_iter()
-                .map(|key| (map_key(key), render_value(&entries[key], &value_kind, field)))
+                .map(|key| (map_key(key), render_value(&entries[key], &value_kind)))
                 .collect();
             Json::Object(object)
         }
@@ -132,7 +132,7 @@ fn render_well_known(descriptor: &MessageDescriptor, message: &DynamicMessage) -
         | "google.protobuf.StringValue"
         | "google.protobuf.BytesValue" => {
             let field = descriptor.get_field_by_name("value")?;
-            render_value(&message.get_field(&field), &field.kind(), &field)
+            render_value(&message.get_field(&field), &field.kind())
         }
         "google.protobuf.Empty" => Json::Object(Map::new()),
         "google.protobuf.FieldMask" => {
@@ -147,11 +147,11 @@ fn render_well_known(descriptor: &MessageDescriptor, message: &DynamicMessage) -
         }
         "google.protobuf.Struct" => {
             let fields = descriptor.get_field_by_name("fields")?;
-            render_value(&message.get_field(&fields), &fields.kind(), &fields)
+            render_value(&message.get_field(&fields), &fields.kind())
         }
         "google.protobuf.ListValue" => {
             let values = descriptor.get_field_by_name("values")?;
-            render_value(&message.get_field(&values), &values.kind(), &values)
+            render_value(&message.get_field(&values), &values.kind())
         }
         "google.protobuf.Value" => {
             // Exactly one member of the `kind` oneof is set; none means null.
@@ -159,7 +159,7 @@ fn render_well_known(descriptor: &MessageDescriptor, message: &DynamicMessage) -
             match set {
                 None => Json::Null,
                 Some(f) if f.name() == "null_value" => Json::Null,
-                Some(f) => render_value(&message.get_field(&f), &f.kind(), &f),
+                Some(f) => render_value(&message.get_field(&f), &f.kind()),
             }
         }
         "google.protobuf.Any" => {
@@ -247,7 +247,10 @@ mod tests {
     #[test]
     fn empty_lists_counts_and_unset_messages_render() {
         let response = message("agora.post.v1.ListArticlesResponse");
-        assert_eq!(render_message(&response), json!({"articles": [], "articlesCount": 0}));
+        assert_eq!(
+            render_message(&response),
+            json!({"articles": [], "articlesCount": 0})
+        );
         let article = render_message(&message("agora.post.v1.Article"));
         assert_eq!(article["tagList"], json!([]));
         assert_eq!(article["favoritesCount"], json!(0));
@@ -260,7 +263,10 @@ mod tests {
         let pool = Contract::agora().unwrap().pool;
         let mut comment = message("agora.post.v1.Comment");
         comment.set_field_by_name("id", Value::I64(7));
-        let mut at = DynamicMessage::new(pool.get_message_by_name("google.protobuf.Timestamp").unwrap());
+        let mut at = DynamicMessage::new(
+            pool.get_message_by_name("google.protobuf.Timestamp")
+                .unwrap(),
+        );
         at.set_field_by_name("seconds", Value::I64(1_704_164_645));
         at.set_field_by_name("nanos", Value::I32(123_456_789));
         comment.set_field_by_name("created_at", Value::Message(at.clone()));
@@ -287,12 +293,20 @@ mod tests {
         let mut profile = message("agora.user.v1.Profile");
         profile.set_field_by_name("username", Value::String("b".into()));
         let mut map = std::collections::HashMap::new();
-        map.insert(MapKey::String("id-2".into()), Value::Message(profile.clone()));
+        map.insert(
+            MapKey::String("id-2".into()),
+            Value::Message(profile.clone()),
+        );
         profile.set_field_by_name("username", Value::String("a".into()));
         map.insert(MapKey::String("id-1".into()), Value::Message(profile));
         batch.set_field_by_name("profiles", Value::Map(map));
         let json = render_message(&batch);
-        let keys: Vec<_> = json["profiles"].as_object().unwrap().keys().cloned().collect();
+        let keys: Vec<_> = json["profiles"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         assert_eq!(keys, ["id-1", "id-2"]);
         assert_eq!(json["profiles"]["id-1"]["username"], json!("a"));
     }
@@ -301,7 +315,10 @@ mod tests {
     fn timestamps_clamp_instead_of_failing() {
         assert_eq!(format_timestamp(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_timestamp(i64::MAX, -5), "9999-12-31T23:59:59.000Z");
-        assert_eq!(format_timestamp(i64::MIN, i32::MAX), "0001-01-01T00:00:00.999Z");
+        assert_eq!(
+            format_timestamp(i64::MIN, i32::MAX),
+            "0001-01-01T00:00:00.999Z"
+        );
     }
 
     #[test]

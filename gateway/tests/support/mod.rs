@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use agora_gateway::GatewayConfig;
 use agora_proto::post::v1::post_service_server::{PostService, PostServiceServer};
-use agora_proto::post::v1::{Author, Comment, WatchCommentsRequest, WatchCommentsResponse, watch_comments_response};
+use agora_proto::post::v1::{
+    Author, Comment, WatchCommentsRequest, WatchCommentsResponse, watch_comments_response,
+};
 use agora_proto::user::v1::user_service_server::{UserService, UserServiceServer};
 use agora_proto::user::v1::{GetProfileRequest, GetProfileResponse, Profile};
 use axum::body::Body;
@@ -83,7 +85,10 @@ impl PostService for FakePosts {
         let added = WatchCommentsResponse {
             change: Some(watch_comments_response::Change::Added(Comment {
                 id: 7,
-                created_at: Some(prost_types::Timestamp { seconds: 1_704_164_645, nanos: 0 }),
+                created_at: Some(prost_types::Timestamp {
+                    seconds: 1_704_164_645,
+                    nanos: 0,
+                }),
                 updated_at: None,
                 body: "first".into(),
                 author: Some(Author {
@@ -186,7 +191,8 @@ impl TestApp {
     }
 
     pub async fn get(&self, uri: &str) -> Response<Body> {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     pub async fn json(&self, method: &str, uri: &str, body: &str) -> Response<Body> {
@@ -201,10 +207,15 @@ impl TestApp {
 }
 
 pub fn all_packages(channel: Channel) -> HashMap<String, Channel> {
-    ["agora.user.v1", "agora.auth.v1", "agora.post.v1", "agora.notification.v1"]
-        .into_iter()
-        .map(|package| (package.to_owned(), channel.clone()))
-        .collect()
+    [
+        "agora.user.v1",
+        "agora.auth.v1",
+        "agora.post.v1",
+        "agora.notification.v1",
+    ]
+    .into_iter()
+    .map(|package| (package.to_owned(), channel.clone()))
+    .collect()
 }
 
 pub async fn body_bytes(response: Response<Body>) -> bytes::Bytes {
