@@ -94,10 +94,9 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
     let db = match service {
         ServiceName::User => agora_user::open_db(target).await?,
         ServiceName::Auth => agora_auth::open_db(target).await?,
-        // These services keep no data yet; opening still validates the target.
-        ServiceName::Post | ServiceName::Notification => {
-            agora_kit::db::Db::connect(target, service).await?
-        }
+        ServiceName::Post => agora_post::open_db(target).await?,
+        // The notification service keeps no data yet; opening still validates the target.
+        ServiceName::Notification => agora_kit::db::Db::connect(target, service).await?,
     };
     Ok(db)
 }
@@ -170,7 +169,14 @@ pub async fn start(
             server = server.add_with_db(AuthServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Post) {
-            server = server.add(PostServiceServer::new(agora_post::PostApi));
+            let db = open_db(&config, ServiceName::Post).await?;
+            let api = agora_post::PostApi::new(
+                agora_post::store::Store::new(db.clone()),
+                agora_post::authors::Authors::new(upstreams.user.clone()),
+                verifier.clone(),
+                shutdown.clone(),
+            );
+            server = server.add_with_db(PostServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Notification) {
             server = server.add(NotificationServiceServer::new(

@@ -1,12 +1,34 @@
-//! The post service. Its contract (`agora.post.v1.PostService`) is registered,
-//! reflected and routed by the gateway; RPCs not built yet answer UNIMPLEMENTED
-//! through the generated default methods.
+//! The post service: articles, their tags, favorites and comments, the feed, and
+//! live comment rooms. Authors are user-service accounts, fetched once per page.
 
-use agora_proto::post::v1::post_service_server::PostService;
+pub mod api;
+pub mod authors;
+pub mod cache;
+pub mod domain;
+pub mod live;
+pub mod store;
 
-/// `agora.post.v1.PostService`.
-#[derive(Debug, Clone, Default)]
-pub struct PostApi;
+use agora_kit::db::{Db, Migrations};
 
-#[tonic::async_trait]
-impl PostService for PostApi {}
+pub use api::PostApi;
+
+/// The post service's schema, per backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[(
+        1,
+        "article",
+        include_str!("../migrations/sqlite/0001_article.sql"),
+    )],
+    postgres: &[(
+        1,
+        "article",
+        include_str!("../migrations/postgres/0001_article.sql"),
+    )],
+};
+
+/// Opens and migrates the post database.
+pub async fn open_db(target: &agora_kit::config::DatabaseTarget) -> anyhow::Result<Db> {
+    let db = Db::connect(target, agora_kit::ServiceName::Post).await?;
+    db.migrate(&MIGRATIONS).await?;
+    Ok(db)
+}

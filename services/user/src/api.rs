@@ -525,7 +525,47 @@ impl UserInternalService for UserInternalApi {
             .collect();
         Ok(Response::new(pb::BatchGetProfilesResponse { profiles }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn resolve_usernames(
+        &self,
+        request: Request<pb::ResolveUsernamesRequest>,
+    ) -> Result<Response<pb::ResolveUsernamesResponse>, Status> {
+        let usernames = request.into_inner().usernames;
+        if usernames.len() > 1000 {
+            return Err(status::invalid(vec![FieldViolation::new(
+                "usernames",
+                "at most 1000 per call",
+            )]));
+        }
+        let user_ids = self
+            .core
+            .store
+            .ids_of(&usernames)
+            .await
+            .map_err(status::db)?
+            .into_iter()
+            .collect();
+        Ok(Response::new(pb::ResolveUsernamesResponse { user_ids }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_followees(
+        &self,
+        request: Request<pb::ListFolloweesRequest>,
+    ) -> Result<Response<pb::ListFolloweesResponse>, Status> {
+        let user_ids = self
+            .core
+            .store
+            .followees(&request.get_ref().user_id, MAX_FOLLOWEES)
+            .await
+            .map_err(status::db)?;
+        Ok(Response::new(pb::ListFolloweesResponse { user_ids }))
+    }
 }
+
+/// Most follows a feed considers; beyond it the oldest follows are left out.
+const MAX_FOLLOWEES: i64 = 5000;
 
 fn encode_cursor(created_at: i64, id: &str) -> String {
     format!("{created_at}.{id}")

@@ -279,6 +279,42 @@ impl Store {
             .collect()
     }
 
+    /// Account ids of `usernames`, in one query.
+    pub async fn ids_of(&self, usernames: &[String]) -> Result<Vec<(String, String)>, sqlx::Error> {
+        if usernames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT username, id FROM account WHERE username IN ({})",
+            placeholders(1, usernames.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for username in usernames {
+            query = query.bind(username);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Ids of the accounts `follower` follows, most recent first.
+    pub async fn followees(&self, follower: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT followee_id FROM follow WHERE follower_id = $1 \
+             ORDER BY created_at DESC LIMIT $2",
+        )
+        .bind(follower)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+    }
+
     /// One page of accounts, oldest first, after the keyset `(created_at, id)`.
     pub async fn list_accounts(
         &self,

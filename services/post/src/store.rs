@@ -1,0 +1,676 @@
+//! SQL for articles, tags, favorites, comments and idempotency keys, on SQLite and
+//! PostgreSQL through sqlx's `Any` driver. Multi-row writes (an article and its
+//! tags, a favorite and the count) commit in one transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use agora_kit::db::{Db, now_micros, unique_violation};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use crate::domain;
+
+/// A stored article with its tags.
+#[derive(Debug, Clone)]
+pub struct ArticleRow {
+    pub id: String,
+    pub slug: String,
+    pub author_id: String,
+    pub title: String,
+    pub description: String,
+    pub body: String,
+    pub published: bool,
+    pub favorites_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub tags: Vec<String>,
+}
+
+impl AsRef<ArticleRow> for ArticleRow {
+    fn as_ref(&self) -> &ArticleRow {
+        self
+    }
+}
+
+impl ArticleRow {
+    pub fn ownership(&self) -> domain::Ownership<'_> {
+        domain::Ownership {
+            author_id: &self.author_id,
+        }
+    }
+}
+
+/// A stored comment.
+#[derive(Debug, Clone)]
+pub struct CommentRow {
+    pub id: i64,
+    pub article_id: String,
+    pub author_id: String,
+    pub body: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An article to insert, validated.
+#[derive(Debug)]
+pub struct NewArticle {
+    pub author_id: String,
+    pub title: String,
+    pub description: String,
+    pub body: String,
+    pub tags: Vec<String>,
+    pub published: bool,
+}
+
+/// An idempotency key presented with a write.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub user_id: String,
+    pub method: &'static str,
+    pub key: String,
+    /// Hash of the request, so the same key with another body is caught.
+    pub request_hash: String,
+}
+
+/// What a write with an idempotency key found.
+#[derive(Debug)]
+pub enum Written<T> {
+    /// The write happened now.
+    New(T),
+    /// The key was seen before with the same request: the id created then.
+    Replayed(String),
+    /// The key was seen before with a different request.
+    Conflict,
+}
+
+/// Which articles a list wants.
+#[derive(Debug, Default, Clone)]
+pub struct ArticleFilter {
+    pub tag: Option<String>,
+    pub author_id: Option<String>,
+    pub favorited_by: Option<String>,
+    /// Feed: any of these authors.
+    pub authors_in: Option<Vec<String>>,
+}
+
+/// Changes to an article; `None` leaves a column as it is.
+#[derive(Debug, Default)]
+pub struct ArticleChanges {
+    pub slug: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub body: Option<String>,
+    pub published: Option<bool>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("slug taken")]
+    SlugTaken,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+fn slug_taken(err: sqlx::Error) -> StoreError {
+    match unique_violation(&err) {
+        Some(which) if which.contains("slug") => StoreError::SlugTaken,
+        _ => StoreError::Db(err),
+    }
+}
+
+const ARTICLE_COLUMNS: &str = "a.id, a.slug, a.author_id, a.title, a.description, a.body, \
+     a.published, a.favorites_count, a.created_at, a.updated_at";
+
+fn article(row: &AnyRow) -> Result<ArticleRow, sqlx::Error> {
+    Ok(ArticleRow {
+        id: row.try_get("id")?,
+        slug: row.try_get("slug")?,
+        author_id: row.try_get("author_id")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        body: row.try_get("body")?,
+        published: row.try_get::<i64, _>("published")? != 0,
+        favorites_count: row.try_get("favorites_count")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        tags: Vec::new(),
+    })
+}
+
+fn comment(row: &AnyRow) -> Result<CommentRow, sqlx::Error> {
+    Ok(CommentRow {
+        id: row.try_get("id")?,
+        article_id: row.try_get("article_id")?,
+        author_id: row.try_get("author_id")?,
+        body: row.try_get("body")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// `$first, $first+1, ...` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Looks up an idempotency key outside any write.
+    async fn replay(
+        conn: &mut AnyConnection,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(String, String)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT request_hash, resource_id FROM idempotency_key \
+             WHERE user_id = $1 AND method = $2 AND key = $3",
+        )
+        .bind(&key.user_id)
+        .bind(key.method)
+        .bind(&key.key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    async fn check_key(
+        &self,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Option<Written<()>>, sqlx::Error> {
+        let Some(key) = key else { return Ok(None) };
+        let mut conn = self.db.pool().acquire().await?;
+        Ok(match Self::replay(&mut conn, key).await? {
+            Some((hash, id)) if hash == key.request_hash => Some(Written::Replayed(id)),
+            Some(_) => Some(Written::Conflict),
+            None => None,
+        })
+    }
+
+    /// Records the key inside the write's transaction; false if a concurrent
+    /// request with the same key got there first.
+    async fn record_key(
+        conn: &mut AnyConnection,
+        key: &IdempotencyKey,
+        resource_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO idempotency_key (user_id, method, key, request_hash, resource_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, method, key) DO NOTHING",
+        )
+        .bind(&key.user_id)
+        .bind(key.method)
+        .bind(&key.key)
+        .bind(&key.request_hash)
+        .bind(resource_id)
+        .bind(now_micros())
+        .execute(&mut *conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Inserts an article and its tags in one transaction. Equal titles created at
+    /// the same moment both succeed: the loser of the slug race gets a suffix.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn create_article(
+        &self,
+        new: &NewArticle,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Written<ArticleRow>, StoreError> {
+        match self.check_key(key).await? {
+            Some(Written::Replayed(id)) => return Ok(Written::Replayed(id)),
+            Some(Written::Conflict) => return Ok(Written::Conflict),
+            _ => {}
+        }
+        let base = domain::slug_base(&new.title);
+        let mut slug = base.clone();
+        for _ in 0..5 {
+            match self.try_create(new, &slug, key).await {
+                Err(StoreError::SlugTaken) => slug = domain::slug_with_suffix(&base),
+                other => return other,
+            }
+        }
+        Err(StoreError::SlugTaken)
+    }
+
+    async fn try_create(
+        &self,
+        new: &NewArticle,
+        slug: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Written<ArticleRow>, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_micros();
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO article (id, slug, author_id, title, description, body, published, \
+             favorites_count, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+        )
+        .bind(&id)
+        .bind(slug)
+        .bind(&new.author_id)
+        .bind(&new.title)
+        .bind(&new.description)
+        .bind(&new.body)
+        .bind(i64::from(new.published))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(slug_taken)?;
+        for tag in &new.tags {
+            sqlx::query("INSERT INTO article_tag (article_id, tag) VALUES ($1, $2)")
+                .bind(&id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(key) = key {
+            if !Self::record_key(&mut tx, key, &id).await? {
+                tx.rollback().await?;
+                return Ok(self
+                    .check_key(Some(key))
+                    .await?
+                    .unwrap_or(Written::Conflict)
+                    .map_never());
+            }
+        }
+        tx.commit().await?;
+        Ok(Written::New(ArticleRow {
+            id,
+            slug: slug.to_owned(),
+            author_id: new.author_id.clone(),
+            title: new.title.clone(),
+            description: new.description.clone(),
+            body: new.body.clone(),
+            published: new.published,
+            favorites_count: 0,
+            created_at: now,
+            updated_at: now,
+            tags: new.tags.clone(),
+        }))
+    }
+
+    /// An article by slug, with its tags.
+    pub async fn article_by_slug(&self, slug: &str) -> Result<Option<ArticleRow>, sqlx::Error> {
+        self.article_where("a.slug = $1", slug).await
+    }
+
+    /// An article by id, with its tags.
+    pub async fn article_by_id(&self, id: &str) -> Result<Option<ArticleRow>, sqlx::Error> {
+        self.article_where("a.id = $1", id).await
+    }
+
+    async fn article_where(
+        &self,
+        condition: &'static str,
+        value: &str,
+    ) -> Result<Option<ArticleRow>, sqlx::Error> {
+        let sql = format!("SELECT {ARTICLE_COLUMNS} FROM article a WHERE {condition}");
+        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(self.db.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut found = article(&row)?;
+        found.tags = self
+            .tags_of(std::slice::from_ref(&found.id))
+            .await?
+            .remove(&found.id)
+            .unwrap_or_default();
+        Ok(Some(found))
+    }
+
+    /// Applies changes; `None` when the article is gone.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn update_article(
+        &self,
+        id: &str,
+        changes: ArticleChanges,
+    ) -> Result<Option<ArticleRow>, StoreError> {
+        let mut sets = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("slug", changes.slug),
+            ("title", changes.title),
+            ("description", changes.description),
+            ("body", changes.body),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                sets.push(format!("{column} = ${}", texts.len()));
+            }
+        }
+        let mut n = texts.len();
+        let published = changes.published.map(|p| {
+            n += 1;
+            sets.push(format!("published = ${n}"));
+            i64::from(p)
+        });
+        let sql = format!(
+            "UPDATE article SET {}updated_at = ${} WHERE id = ${}",
+            sets.iter().map(|s| format!("{s}, ")).collect::<String>(),
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in texts {
+            query = query.bind(value);
+        }
+        if let Some(published) = published {
+            query = query.bind(published);
+        }
+        let done = query
+            .bind(now_micros())
+            .bind(id)
+            .execute(self.db.pool())
+            .await
+            .map_err(slug_taken)?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(self.article_by_id(id).await?)
+    }
+
+    /// Deletes an article with its tags, favorites and comments.
+    pub async fn delete_article(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        for sql in [
+            "DELETE FROM article_tag WHERE article_id = $1",
+            "DELETE FROM favorite WHERE article_id = $1",
+            "DELETE FROM comment WHERE article_id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        let done = sqlx::query("DELETE FROM article WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds a favorite and bumps the count in one transaction; twice is once.
+    pub async fn favorite(&self, user_id: &str, article_id: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let added = sqlx::query(
+            "INSERT INTO favorite (user_id, article_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, article_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(article_id)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if added == 1 {
+            sqlx::query("UPDATE article SET favorites_count = favorites_count + 1 WHERE id = $1")
+                .bind(article_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Removes a favorite and lowers the count in one transaction.
+    pub async fn unfavorite(&self, user_id: &str, article_id: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let removed = sqlx::query("DELETE FROM favorite WHERE user_id = $1 AND article_id = $2")
+            .bind(user_id)
+            .bind(article_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 1 {
+            sqlx::query(
+                "UPDATE article SET favorites_count = favorites_count - 1 \
+                 WHERE id = $1 AND favorites_count > 0",
+            )
+            .bind(article_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// One page of published articles, newest first, and how many match in all.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn list_articles(
+        &self,
+        filter: &ArticleFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<ArticleRow>, i64), sqlx::Error> {
+        let mut from = String::from("FROM article a");
+        let mut conditions = vec!["a.published = 1".to_owned()];
+        let mut values: Vec<String> = Vec::new();
+        if let Some(tag) = &filter.tag {
+            values.push(tag.clone());
+            from.push_str(&format!(
+                " JOIN article_tag t ON t.article_id = a.id AND t.tag = ${}",
+                values.len()
+            ));
+        }
+        if let Some(user) = &filter.favorited_by {
+            values.push(user.clone());
+            from.push_str(&format!(
+                " JOIN favorite f ON f.article_id = a.id AND f.user_id = ${}",
+                values.len()
+            ));
+        }
+        if let Some(author) = &filter.author_id {
+            values.push(author.clone());
+            conditions.push(format!("a.author_id = ${}", values.len()));
+        }
+        if let Some(authors) = &filter.authors_in {
+            if authors.is_empty() {
+                return Ok((Vec::new(), 0));
+            }
+            let first = values.len() + 1;
+            values.extend(authors.iter().cloned());
+            conditions.push(format!(
+                "a.author_id IN ({})",
+                placeholders(first, authors.len())
+            ));
+        }
+        let where_clause = conditions.join(" AND ");
+
+        let count_sql = format!("SELECT COUNT(*) FROM ({}) n", {
+            format!("SELECT a.id {from} WHERE {where_clause}")
+        });
+        let mut count = sqlx::query(AssertSqlSafe(count_sql));
+        for v in &values {
+            count = count.bind(v);
+        }
+        let total: i64 = count.fetch_one(self.db.pool()).await?.try_get(0)?;
+
+        let n = values.len();
+        let page_sql = format!(
+            "SELECT {ARTICLE_COLUMNS} {from} WHERE {where_clause} \
+             ORDER BY a.created_at DESC, a.id DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut page = sqlx::query(AssertSqlSafe(page_sql));
+        for v in &values {
+            page = page.bind(v);
+        }
+        let rows = page
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut articles = rows.iter().map(article).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<String> = articles.iter().map(|a| a.id.clone()).collect();
+        let mut tags = self.tags_of(&ids).await?;
+        for a in &mut articles {
+            a.tags = tags.remove(&a.id).unwrap_or_default();
+        }
+        Ok((articles, total))
+    }
+
+    /// Tags of many articles in one query, sorted.
+    pub async fn tags_of(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+        let mut tags: HashMap<String, Vec<String>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(tags);
+        }
+        let sql = format!(
+            "SELECT article_id, tag FROM article_tag WHERE article_id IN ({}) ORDER BY tag",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(self.db.pool()).await? {
+            tags.entry(row.try_get(0)?)
+                .or_default()
+                .push(row.try_get(1)?);
+        }
+        Ok(tags)
+    }
+
+    /// Which of `ids` `user_id` has favorited, in one query.
+    pub async fn favorited_among(
+        &self,
+        user_id: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = format!(
+            "SELECT article_id FROM favorite WHERE user_id = $1 AND article_id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect()
+    }
+
+    /// Every tag on a published article, most used first.
+    pub async fn all_tags(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT t.tag FROM article_tag t JOIN article a ON a.id = t.article_id \
+             WHERE a.published = 1 GROUP BY t.tag ORDER BY COUNT(*) DESC, t.tag LIMIT 1000",
+        )
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+    }
+
+    /// Adds a comment, honouring an idempotency key.
+    pub async fn add_comment(
+        &self,
+        article_id: &str,
+        author_id: &str,
+        body: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Written<CommentRow>, sqlx::Error> {
+        match self.check_key(key).await? {
+            Some(Written::Replayed(id)) => return Ok(Written::Replayed(id)),
+            Some(Written::Conflict) => return Ok(Written::Conflict),
+            _ => {}
+        }
+        let now = now_micros();
+        let mut tx = self.db.pool().begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO comment (article_id, author_id, body, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING id",
+        )
+        .bind(article_id)
+        .bind(author_id)
+        .bind(body)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        if let Some(key) = key {
+            if !Self::record_key(&mut tx, key, &id.to_string()).await? {
+                tx.rollback().await?;
+                return Ok(self
+                    .check_key(Some(key))
+                    .await?
+                    .unwrap_or(Written::Conflict)
+                    .map_never());
+            }
+        }
+        tx.commit().await?;
+        Ok(Written::New(CommentRow {
+            id,
+            article_id: article_id.to_owned(),
+            author_id: author_id.to_owned(),
+            body: body.to_owned(),
+            created_at: now,
+            updated_at: now,
+        }))
+    }
+
+    /// An article's comments, oldest first (at most 500).
+    pub async fn comments(&self, article_id: &str) -> Result<Vec<CommentRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, article_id, author_id, body, created_at, updated_at FROM comment \
+             WHERE article_id = $1 ORDER BY id LIMIT 500",
+        )
+        .bind(article_id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(comment)
+        .collect()
+    }
+
+    pub async fn comment(&self, id: i64) -> Result<Option<CommentRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, article_id, author_id, body, created_at, updated_at FROM comment WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .as_ref()
+        .map(comment)
+        .transpose()
+    }
+
+    pub async fn delete_comment(&self, id: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM comment WHERE id = $1")
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Written<()> {
+    /// A replay or conflict found by a key check, as the caller's result type.
+    fn map_never<T>(self) -> Written<T> {
+        match self {
+            Written::Replayed(id) => Written::Replayed(id),
+            Written::Conflict | Written::New(()) => Written::Conflict,
+        }
+    }
+}
