@@ -163,6 +163,30 @@ impl TestApp {
         }
     }
 
+    /// Starts a request and hands back the response before its body, for streams.
+    pub async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.http, path));
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Token {token}"));
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        self.client
+            .request(builder.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("request reaches the gateway")
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
         self.send("GET", path, token, &[], Bytes::new()).await
     }
@@ -210,6 +234,42 @@ impl TestApp {
                 .unwrap()
                 .to_owned(),
         }
+    }
+
+    /// Makes `username` (already signed up) a moderator or admin, through the
+    /// bootstrap admin, and returns a token that carries the role.
+    pub async fn with_role(&self, user: &User, username: &str, role: &str) -> String {
+        let root = match self.login("root@agora.test", "password123").await {
+            a if a.status == 200 => a,
+            _ => {
+                self.register("root", "root@agora.test", "password123")
+                    .await
+            }
+        };
+        let root_token = root.body["user"]["token"].as_str().unwrap().to_owned();
+        let changed = self
+            .put(
+                &format!("/api/admin/users/{username}/role"),
+                Some(&root_token),
+                json!({ "role": role }),
+            )
+            .await;
+        assert_eq!(changed.status, 200, "{:?}", changed.body);
+        let refreshed = self.refresh(&user.refresh).await;
+        refreshed.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an article and returns its slug.
+    pub async fn article(&self, token: &str, title: &str, tags: &[&str]) -> String {
+        let answer = self
+            .post(
+                "/api/articles",
+                Some(token),
+                json!({"article": {"title": title, "description": "d", "body": "b", "tagList": tags}}),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{:?}", answer.body);
+        answer.body["article"]["slug"].as_str().unwrap().to_owned()
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Answer {

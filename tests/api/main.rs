@@ -3,8 +3,11 @@
 //! (SQLite) and, when `AGORA_TEST_DATABASE_URL` is set, on PostgreSQL.
 
 mod admin;
+mod articles;
 mod grpc;
 mod helpers;
 mod identity;
+mod live;
+mod roles;
 mod sessions;
 mod transcoding;
