@@ -38,9 +38,13 @@ conformance:
     bash ../shared/conformance/realworld/run.sh "http://$AGORA_HTTP_ADDR/api"
     python3 scripts/grpc_client_check.py
 
-# Benchmarks of the hot paths (criterion benches under each crate's benches/).
-bench *ARGS:
-    cargo bench --workspace {{ARGS}}
+# Fill the configured databases (AGORA_DATABASE_URL, else ./data SQLite) with 1000 users and N articles.
+seed N="1000" *ARGS:
+    cargo run --release -- seed --users 1000 --articles {{N}} {{ARGS}}
+
+# Load-test list/get/feed through the gateway on PostgreSQL at 1,000 and 100,000 articles (docs/bench.md).
+bench *SIZES:
+    scripts/bench.sh {{SIZES}}
 
 # Format check, clippy with warnings as errors, buf lint of the protos.
 lint:

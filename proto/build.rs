@@ -29,9 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    let mut config = tonic_prost_build::Config::new();
+    // `prost::Name` lets event payloads travel as `google.protobuf.Any`.
+    config.enable_type_names();
     tonic_prost_build::configure()
         // Services whose RPCs are not all written yet answer UNIMPLEMENTED.
         .generate_default_stubs(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())
 }

@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agora_kit::config::{Config, DatabaseTarget, ServiceName};
+use agora_kit::events::Bus;
+use agora_kit::events::memory::MemoryBus;
+use agora_kit::events::rabbit::RabbitBus;
+use agora_kit::events::relay::Wake;
 use agora_kit::server::GrpcServer;
 use agora_kit::token::{GrpcJwks, TokenVerifier};
 use agora_kit::upstream::Upstreams;
@@ -101,6 +105,49 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
     Ok(db)
 }
 
+/// Event types every replica hears about, for its live streams.
+const LIVE_BINDINGS: [&str; 3] = [
+    agora_kit::events::types::NOTIFICATION_CREATED,
+    agora_kit::events::types::COMMENT_ADDED,
+    agora_kit::events::types::COMMENT_DELETED,
+];
+
+/// RabbitMQ when configured; otherwise the in-process bus, which only links
+/// services living in this process.
+async fn start_bus(
+    config: &Config,
+    target: Target,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match &config.amqp_url {
+        Some(url) => RabbitBus::start(url.clone(), LIVE_BINDINGS.to_vec(), shutdown.clone()).await,
+        None if matches!(target, Target::All | Target::Gateway) => {
+            Arc::new(MemoryBus::new(LIVE_BINDINGS.to_vec()))
+        }
+        None => anyhow::bail!(
+            "--target {target:?} needs AGORA_AMQP_URL: without a broker, events cannot leave this process"
+        ),
+    })
+}
+
+/// Starts the outbox relay of a producing service; the store pokes the returned
+/// handle after each commit that wrote events.
+fn relay(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    db: &agora_kit::db::Db,
+    bus: &Arc<dyn Bus>,
+    shutdown: &CancellationToken,
+) -> Wake {
+    let wake = Wake::default();
+    let run =
+        agora_kit::events::relay::run(db.clone(), bus.clone(), wake.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        run.await;
+        Ok(())
+    });
+    wake
+}
+
 /// Binds and starts `target`; the returned app runs until `shutdown` is cancelled.
 pub async fn start(
     config: Config,
@@ -125,20 +172,22 @@ pub async fn start(
         &config.jwt_issuer,
         &config.jwt_audience,
     );
+    let bus = start_bus(&config, target, &shutdown).await?;
 
     if let Some(listener) = grpc_listener {
         let mut server = GrpcServer::new();
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
+            let wake = relay(&mut tasks, &db, &bus, &shutdown);
             let (public, internal) = agora_user::api::services(
-                agora_user::store::Store::new(db.clone()),
+                agora_user::store::Store::new(db.clone(), wake),
                 agora_user::password::Hasher::new(config.password_hash_concurrency),
                 verifier.clone(),
                 config.admin_email.clone(),
             );
             server = server
-                .add_with_db(UserServiceServer::new(public), db.clone())
-                .add_with_db(UserInternalServiceServer::new(internal), db);
+                .register_with_db(UserServiceServer::new(public), db.clone())
+                .register_with_db(UserInternalServiceServer::new(internal), db);
         }
         if target.runs(ServiceName::Auth) {
             let db = open_db(&config, ServiceName::Auth).await?;
@@ -166,20 +215,22 @@ pub async fn start(
                 upstreams.user.clone(),
                 local_verifier,
             );
-            server = server.add_with_db(AuthServiceServer::new(api), db);
+            server = server.register_with_db(AuthServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
+            let wake = relay(&mut tasks, &db, &bus, &shutdown);
             let api = agora_post::PostApi::new(
-                agora_post::store::Store::new(db.clone()),
+                agora_post::store::Store::new(db.clone(), wake),
                 agora_post::authors::Authors::new(upstreams.user.clone()),
                 verifier.clone(),
+                bus.live(),
                 shutdown.clone(),
             );
-            server = server.add_with_db(PostServiceServer::new(api), db);
+            server = server.register_with_db(PostServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Notification) {
-            server = server.add(NotificationServiceServer::new(
+            server = server.register(NotificationServiceServer::new(
                 agora_notification::NotificationApi,
             ));
         }
@@ -204,6 +255,7 @@ pub async fn start(
             request_timeout: config.request_timeout,
             rate_limit_per_second: config.rate_limit_per_second,
             auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
+            trusted_proxies: config.trusted_proxies.clone(),
         };
         tracing::info!(addr = %listener.local_addr()?, "HTTP gateway serving");
         let token = shutdown.clone();

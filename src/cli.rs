@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `admin grant`, `openapi`, `config check`.
+//! The command line: `serve`, `migrate`, `admin grant`, `seed`, `openapi`,
+//! `config check`.
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,16 @@ pub enum Command {
     },
     /// Print the OpenAPI 3.1 document of the REST surface.
     Openapi,
+    /// Fill empty databases with generated accounts, follows and articles (password123).
+    Seed {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 1000)]
+        articles: usize,
+        /// Accounts each seeded user follows.
+        #[arg(long, default_value_t = 20)]
+        follows: usize,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]

@@ -7,5 +7,6 @@
 
 pub mod app;
 pub mod cli;
+pub mod seed;
 
 pub use app::{RunningApp, Target, start};

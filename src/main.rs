@@ -54,7 +54,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let role = Role::parse(&role).expect("clap restricts the role");
             let db = agora_user::open_db(config.database(agora_kit::ServiceName::User)).await?;
-            let store = agora_user::store::Store::new(db);
+            // A role change announces nothing, so no relay needs to run here.
+            let store = agora_user::store::Store::new(db, Default::default());
             let email = email.trim().to_lowercase();
             match store
                 .set_role(agora_user::store::RoleKey::Email(&email), role)
@@ -66,6 +67,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => anyhow::bail!("no account with email {email}"),
             }
+        }
+        Command::Seed {
+            users,
+            articles,
+            follows,
+        } => {
+            let plan = agora::seed::Plan {
+                users,
+                articles,
+                follows,
+            };
+            println!("{}", agora::seed::run(&config, plan).await?);
+            Ok(())
         }
         Command::Openapi | Command::Config { .. } => unreachable!("handled above"),
     }

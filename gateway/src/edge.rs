@@ -21,8 +21,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use agora_kit::net::IpRange;
+
 use crate::error::{GatewayError, Protocol, respond};
 use crate::upstream::ClientIp;
+use crate::{forwarded, metrics};
 
 /// What the edge layers need from the configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct EdgeConfig {
     pub rate_limit_per_second: u32,
     /// Requests per minute per client IP on auth routes; 0 disables.
     pub auth_rate_limit_per_minute: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 /// Grace beyond the request timeout, so the upstream's own DEADLINE_EXCEEDED (it
@@ -48,14 +53,17 @@ pub fn wrap(router: Router, config: &EdgeConfig) -> Router {
     let limits = Arc::new(RateLimits::new(config));
     let timeout = config.request_timeout + TIMEOUT_GRACE;
     let body_limit = config.body_limit_bytes;
+    let trusted: Arc<[IpRange]> = config.trusted_proxies.as_slice().into();
     router.layer(
         ServiceBuilder::new()
             // Request id first, so every log line and every response below, rejections
             // included, carries it; an id sent by the client is kept for tracing across hops.
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             // One span per request, opened before anything can reject, so 429s and 413s
-            // are logged with method, path and id too.
+            // are logged with method, path and id too. It continues the caller's trace.
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            // Metrics outside every rejection, so 429s, 413s and 504s are counted.
+            .layer(from_fn(metrics::record))
             // Echo the id on the response, inside the span so it is logged with it.
             .layer(PropagateRequestIdLayer::x_request_id())
             // Security headers on every response, including CORS preflights and rejections.
@@ -63,8 +71,9 @@ pub fn wrap(router: Router, config: &EdgeConfig) -> Router {
             // CORS before rate limiting and the body limit: a browser can read a 429
             // or 413 only if it carries CORS headers; preflights cost no budget.
             .layer(cors(&config.cors_origins))
-            // The peer address, needed by the rate limiter and forwarded as x-real-ip.
-            .layer(from_fn(client_ip))
+            // The client address (the peer, or whom a trusted proxy says it served),
+            // needed by the rate limiter and forwarded as x-real-ip.
+            .layer(from_fn_with_state(trusted, client_ip))
             // Rate limits before any work: a flood is refused before bodies are read.
             .layer(from_fn_with_state(limits, rate_limit))
             // The timeout bounds everything after admission, slow uploads included.
@@ -81,13 +90,18 @@ fn request_span(request: &Request) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
         rpc = tracing::field::Empty,
-    )
+        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+    );
+    // Before the span is entered: afterwards its parent can no longer change.
+    agora_kit::trace_context::set_parent_from(&span, request.headers());
+    span
 }
 
 /// The helmet set, for an API that serves JSON and nothing a browser should render.
@@ -174,13 +188,23 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-async fn client_ip(mut request: Request, next: Next) -> Response {
-    // Only the connection's peer counts: headers such as x-forwarded-for are
-    // client claims.
+async fn client_ip(
+    State(trusted): State<Arc<[IpRange]>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // The connection's peer, unless it is a trusted proxy: then the address that
+    // proxy says it served. X-Forwarded-For from anyone else is a client claim.
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| ClientIp(addr.ip().to_canonical()));
+        .map(|ConnectInfo(addr)| {
+            ClientIp(forwarded::client_address(
+                addr.ip(),
+                request.headers(),
+                &trusted,
+            ))
+        });
     if let Some(ip) = peer {
         request.extensions_mut().insert(ip);
     }
@@ -311,6 +335,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             rate_limit_per_second: per_second,
             auth_rate_limit_per_minute: auth_per_minute,
+            trusted_proxies: vec![],
         })
     }
 

@@ -11,13 +11,17 @@
 //! dynamic messages), [`upstream`] (channels, metadata, calls), [`rest`] (the
 //! generic handler and SSE), [`proxy`] (gRPC and gRPC-web pass-through),
 //! [`error`] (every failure -> one response), [`edge`] (the tower stack),
-//! [`health`], [`openapi`], [`server`] (the listener loop).
+//! [`forwarded`] (the client address behind trusted proxies), [`metrics`]
+//! (HTTP RED metrics and `/metrics`), [`health`], [`openapi`], [`server`] (the
+//! listener loop).
 
 pub mod codec;
 pub mod contract;
 pub mod edge;
 pub mod error;
+pub mod forwarded;
 pub mod health;
+pub mod metrics;
 pub mod openapi;
 pub mod proxy;
 pub mod rest;
@@ -35,6 +39,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
+
+use agora_kit::metrics::PrometheusHandle;
+use agora_kit::net::IpRange;
 
 use crate::contract::Contract;
 use crate::edge::EdgeConfig;
@@ -65,6 +72,10 @@ pub struct GatewayConfig {
     /// `/api/auth/*` (and AuthService over gRPC), on top of the general budget.
     /// Default 30; 0 disables.
     pub auth_rate_limit_per_minute: u32,
+    /// Peers (the ingress, load balancers) whose `X-Forwarded-For` names the
+    /// client for rate limits and `x-real-ip`. Default empty: the TCP peer is the
+    /// client.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +87,7 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(30),
             rate_limit_per_second: 50,
             auth_rate_limit_per_minute: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -87,6 +99,7 @@ struct App {
     proxy: GrpcProxy,
     openapi: Arc<serde_json::Value>,
     required_packages: Arc<BTreeSet<String>>,
+    metrics: PrometheusHandle,
 }
 
 /// The whole gateway as an axum router (edge layers included), ready to serve or to
@@ -97,9 +110,10 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
     let routes = RouteTable::build(&contract)?;
     let upstreams = Upstreams::new(config.upstreams);
     let app = App {
-        proxy: GrpcProxy::new(routes.exposed_services(), upstreams.clone()),
+        proxy: GrpcProxy::new(&contract, routes.exposed_services(), upstreams.clone()),
         openapi: Arc::new(openapi::document(&contract, &routes)),
         required_packages: Arc::new(routes.packages()),
+        metrics: metrics::install(),
         rest: Arc::new(Rest {
             routes,
             upstreams,
@@ -113,6 +127,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         request_timeout: config.request_timeout,
         rate_limit_per_second: config.rate_limit_per_second,
         auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
+        trusted_proxies: config.trusted_proxies,
     };
     let routes = Router::new()
         .route(
@@ -124,6 +139,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
             "/openapi.json",
             get(openapi_json).fallback(method_not_allowed),
         )
+        .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .fallback(dispatch)
         .with_state(app);
     Ok(edge::wrap(routes, &edge))
@@ -160,6 +176,10 @@ async fn openapi_json(State(app): State<App>) -> Response {
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    metrics::exposition(&app.metrics)
 }
 
 async fn method_not_allowed() -> Response {

@@ -5,6 +5,9 @@
 //! Only services with at least one http-annotated method are forwarded; calls to
 //! anything else (the `*InternalService`s, unknown names) answer UNIMPLEMENTED
 //! without touching an upstream.
+//!
+//! The call continues the gateway's trace: the request span's context replaces
+//! whatever `traceparent` the client sent (it is the span's parent already).
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -18,7 +21,9 @@ use http::{HeaderValue, Request, Version, header};
 use http_body_util::{BodyStream, StreamBody};
 use tower::{Layer as _, Service, ServiceExt as _};
 
+use crate::contract::Contract;
 use crate::error::{GatewayError, Protocol, respond};
+use crate::metrics::MatchedRoute;
 use crate::upstream::{ClientIp, REAL_IP, Upstreams};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1);
@@ -40,14 +45,28 @@ pub struct GrpcProxy {
 #[derive(Debug)]
 struct Inner {
     exposed: BTreeSet<String>,
+    /// `/package.Service/Method` of every method of the exposed services: the
+    /// route label for metrics, bounded by the contract.
+    methods: BTreeSet<String>,
     upstreams: Upstreams,
 }
 
 impl GrpcProxy {
-    /// A proxy for the given exposed services (full names) and upstreams.
-    pub fn new(exposed: BTreeSet<String>, upstreams: Upstreams) -> Self {
+    /// A proxy for the given exposed services (full names of services in
+    /// `contract`) and upstreams.
+    pub fn new(contract: &Contract, exposed: BTreeSet<String>, upstreams: Upstreams) -> Self {
+        let methods = exposed
+            .iter()
+            .filter_map(|name| contract.pool.get_service_by_name(name))
+            .flat_map(|service| service.methods().collect::<Vec<_>>())
+            .map(|method| crate::route::grpc_path(&method))
+            .collect();
         GrpcProxy {
-            inner: Arc::new(Inner { exposed, upstreams }),
+            inner: Arc::new(Inner {
+                exposed,
+                methods,
+                upstreams,
+            }),
         }
     }
 
@@ -65,6 +84,13 @@ impl GrpcProxy {
             .unwrap_or_default();
         if !self.inner.exposed.contains(&service) {
             return Err(GatewayError::ServiceNotExposed(service));
+        }
+        let path = request.uri().path();
+        if self.inner.methods.contains(path) {
+            tracing::Span::current().record("rpc", path);
+            if let Some(matched) = request.extensions().get::<MatchedRoute>() {
+                matched.set(path);
+            }
         }
         let package = service.rsplit_once('.').map_or("", |(package, _)| package);
         let channel = self.inner.upstreams.for_package(package)?;
@@ -84,6 +110,7 @@ impl GrpcProxy {
         {
             headers.insert(REAL_IP, value);
         }
+        agora_kit::trace_context::inject(&tracing::Span::current(), headers);
         *request.version_mut() = Version::HTTP_2;
         let request = request.map(without_size_hint);
 

@@ -17,6 +17,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
 use tonic::codec::Streaming;
 
 use crate::error::GatewayError;
+use crate::metrics::MatchedRoute;
 use crate::route::{BodyRule, Route, RouteMiss, RouteTable, find_field};
 use crate::transcode::{build_message, render_message, response::render_field};
 use crate::upstream::{self, ClientIp, Upstreams};
@@ -48,7 +49,15 @@ impl Rest {
                 RouteMiss::NotFound => GatewayError::RouteNotFound,
                 RouteMiss::MethodNotAllowed => GatewayError::MethodNotAllowed,
             })?;
-        tracing::Span::current().record("rpc", route.grpc_path());
+        let span = tracing::Span::current();
+        span.record("rpc", route.grpc_path());
+        span.record(
+            "otel.name",
+            format!("{} {}", parts.method, route.template.as_str()),
+        );
+        if let Some(matched) = parts.extensions.get::<MatchedRoute>() {
+            matched.set(route.template.as_str());
+        }
 
         let body = if route.body == BodyRule::None {
             // The rule takes no body, so none is read: nothing to parse, nothing to limit.

@@ -1,6 +1,7 @@
 //! The upstream services: one channel per proto package, the metadata the gateway
 //! forwards from HTTP headers, and unary / server-streaming calls with dynamic
-//! messages.
+//! messages. Calls carry the current span's trace context, so the service's spans
+//! join the gateway's trace.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,7 +11,7 @@ use http::HeaderMap;
 use http::uri::PathAndQuery;
 use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::codec::Streaming;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::codec::DynamicCodec;
@@ -69,16 +70,21 @@ impl Upstreams {
     }
 }
 
-/// Builds the outgoing metadata from the incoming headers and the peer address.
+/// Builds the outgoing metadata from the incoming headers, the client address and
+/// the current span. A client's `traceparent` is forwarded only when this process
+/// traces nothing itself; otherwise the gateway's span (its child) replaces it.
 pub fn forwarded_metadata(headers: &HeaderMap, client: Option<ClientIp>) -> MetadataMap {
-    let mut metadata = MetadataMap::new();
+    let mut forwarded = HeaderMap::new();
     for name in FORWARDED_HEADERS {
+        // Metadata values are visible ASCII; anything else is dropped, not mangled.
         if let Some(value) = headers.get(*name)
-            && let Ok(value) = MetadataValue::try_from(value.as_bytes())
+            && MetadataValue::<Ascii>::try_from(value.as_bytes()).is_ok()
         {
-            metadata.insert(*name, value);
+            forwarded.insert(*name, value.clone());
         }
     }
+    agora_kit::trace_context::inject(&tracing::Span::current(), &mut forwarded);
+    let mut metadata = MetadataMap::from_headers(forwarded);
     if let Some(ClientIp(ip)) = client
         && let Ok(value) = MetadataValue::try_from(ip.to_string())
     {

@@ -56,6 +56,70 @@ async fn the_token_request_id_and_peer_address_are_forwarded_as_metadata() {
 }
 
 #[tokio::test]
+async fn requests_are_counted_by_route_template_and_status() {
+    let app = TestApp::start().await;
+
+    app.get("/api/profiles/nobody").await;
+    app.get("/no/such/route").await;
+    let metrics = app.get("/metrics").await;
+
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(body_bytes(metrics).await.to_vec()).unwrap();
+    for series in [
+        r#"agora_http_requests_total{method="GET",route="/api/profiles/{username}",status="404"}"#,
+        r#"agora_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+        r#"agora_http_request_duration_seconds_bucket{method="GET",route="/api/profiles/{username}",le="+Inf"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    assert!(!text.contains("nobody"), "raw paths are not labels");
+}
+
+#[tokio::test]
+async fn fixed_routes_and_grpc_methods_are_labelled_by_name() {
+    let app = TestApp::start().await;
+
+    app.get("/healthz").await;
+    let call = grpc_web_request(
+        "/agora.user.v1.UserService/GetProfile",
+        grpc_web_frame(&GetProfileRequest {
+            username: "jake".into(),
+        }),
+    );
+    body_bytes(app.send(call).await).await;
+    let text = String::from_utf8(body_bytes(app.get("/metrics").await).await.to_vec()).unwrap();
+
+    for series in [
+        r#"agora_http_requests_total{method="GET",route="/healthz",status="200"}"#,
+        r#"agora_http_requests_total{method="POST",route="/agora.user.v1.UserService/GetProfile",status="200"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_the_real_ip() {
+    // Test requests come from support::PEER, 203.0.113.9.
+    let app =
+        TestApp::with_config(|c| c.trusted_proxies = vec!["203.0.113.0/24".parse().unwrap()]).await;
+    let request = Request::get("/api/profiles/jake")
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.23")
+        .body(Body::empty())
+        .unwrap();
+
+    app.send(request).await;
+
+    let seen = app.upstream.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.get("x-real-ip").unwrap(), "198.51.100.23");
+}
+
+#[tokio::test]
 async fn an_unknown_profile_is_a_404_in_the_errors_shape() {
     let app = TestApp::start().await;
 

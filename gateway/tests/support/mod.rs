@@ -218,6 +218,24 @@ pub fn all_packages(channel: Channel) -> HashMap<String, Channel> {
     .collect()
 }
 
+/// Makes every span in this test binary carry OpenTelemetry context (no exporter),
+/// as in a process with `OTEL_EXPORTER_OTLP_ENDPOINT` set. Process-wide: a
+/// per-thread subscriber races with tests on other threads over tracing's cached
+/// callsite interest.
+pub fn trace_everything() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        agora_kit::trace_context::install_propagator();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("gateway-test")));
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    });
+}
+
 pub async fn body_bytes(response: Response<Body>) -> bytes::Bytes {
     response.into_body().collect().await.unwrap().to_bytes()
 }

@@ -112,10 +112,10 @@ fn list_pems(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
     let mut files = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "pem") {
-            if let Some(kid) = path.file_stem().and_then(|s| s.to_str()) {
-                files.push((kid.to_owned(), path.clone()));
-            }
+        if path.extension().is_some_and(|e| e == "pem")
+            && let Some(kid) = path.file_stem().and_then(|s| s.to_str())
+        {
+            files.push((kid.to_owned(), path.clone()));
         }
     }
     files.sort();

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::net::IpRange;
+
 pub const HTTP_ADDR: &str = "AGORA_HTTP_ADDR";
 pub const GRPC_ADDR: &str = "AGORA_GRPC_ADDR";
 pub const DATA_DIR: &str = "AGORA_DATA_DIR";
@@ -28,6 +30,7 @@ pub const AUTH_RATE_LIMIT_PER_MINUTE: &str = "AGORA_AUTH_RATE_LIMIT_PER_MINUTE";
 pub const BODY_LIMIT_BYTES: &str = "AGORA_BODY_LIMIT_BYTES";
 pub const REQUEST_TIMEOUT: &str = "AGORA_REQUEST_TIMEOUT";
 pub const PASSWORD_HASH_CONCURRENCY: &str = "AGORA_PASSWORD_HASH_CONCURRENCY";
+pub const TRUSTED_PROXIES: &str = "AGORA_TRUSTED_PROXIES";
 
 /// The four services; each owns a database and a gRPC endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,6 +152,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How many password hashes may run at once; each holds ~19 MiB.
     pub password_hash_concurrency: usize,
+    /// Peers whose `X-Forwarded-For` the gateway believes (the ingress, load
+    /// balancers); empty means every client is its TCP peer.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 /// Every problem found in the configuration.
@@ -251,6 +257,19 @@ impl Config {
         let body_limit_bytes = number(&get, BODY_LIMIT_BYTES, 1 << 20, &mut errors);
         let request_timeout = duration(&get, REQUEST_TIMEOUT, "30s", &mut errors);
         let password_hash_concurrency = number(&get, PASSWORD_HASH_CONCURRENCY, 4, &mut errors);
+        let trusted_proxies = get(TRUSTED_PROXIES)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .filter_map(|r| {
+                        r.parse::<IpRange>()
+                            .map_err(|e| errors.push(format!("{TRUSTED_PROXIES}: {e}")))
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -275,6 +294,7 @@ impl Config {
             body_limit_bytes,
             request_timeout,
             password_hash_concurrency,
+            trusted_proxies,
         })
     }
 
@@ -384,6 +404,18 @@ mod tests {
         assert!(config.amqp_url.is_none());
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.refresh_token_ttl, Duration::from_secs(7 * 86_400));
+        assert!(config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges() {
+        let config = from(&[(TRUSTED_PROXIES, "10.0.0.0/8, 192.0.2.7 ,,fd00::/8")]).unwrap();
+        let listed: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(listed, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
     }
 
     #[test]
@@ -412,9 +444,11 @@ mod tests {
             (ACCESS_TOKEN_TTL, "soon"),
             (LOG_FORMAT, "xml"),
             ("AGORA_USER_GRPC_URL", "agora-user:50051"),
+            (TRUSTED_PROXIES, "10.0.0.0/8, ingress.local, 10.0.0.0/40"),
         ])
         .unwrap_err();
-        assert_eq!(errors.0.len(), 6, "{errors}");
+        assert_eq!(errors.0.len(), 8, "{errors}");
+        assert!(errors.to_string().contains("`ingress.local`"), "{errors}");
         assert!(!errors.to_string().contains("secret"), "{errors}");
     }
 

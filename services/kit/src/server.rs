@@ -2,6 +2,9 @@
 //! `grpc.health.v1` and reflection (both `v1` and `v1alpha`, since many clients
 //! — Python's grpcio among them — still speak only `v1alpha`).
 //!
+//! Every call gets a span (named after its method, continuing the caller's trace
+//! from `traceparent`) and RED metrics (`metrics::GrpcMetricsLayer`).
+//!
 //! Shutdown is ordered: health flips to NOT_SERVING first so load balancers stop
 //! sending, then the listener closes and in-flight calls drain.
 
@@ -17,6 +20,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::db::Db;
+use crate::metrics::GrpcMetricsLayer;
+use crate::trace_context;
 
 /// Collects services, then serves them on one listener.
 pub struct GrpcServer {
@@ -60,7 +65,7 @@ impl GrpcServer {
     }
 
     /// Adds a generated tonic service; it is reported SERVING while the server runs.
-    pub fn add<S>(self, service: S) -> Self
+    pub fn register<S>(self, service: S) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -78,7 +83,7 @@ impl GrpcServer {
 
     /// Adds a service that is SERVING only while `db` answers, so load balancers
     /// and the gateway's `/readyz` stop sending work it cannot do.
-    pub fn add_with_db<S>(self, service: S, db: Db) -> Self
+    pub fn register_with_db<S>(self, service: S, db: Db) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -152,11 +157,42 @@ impl GrpcServer {
                 .await;
         };
         tonic::transport::Server::builder()
+            // The span is entered around everything below, so metrics, handlers and
+            // calls to other services all happen inside the caller's trace.
+            .trace_fn(call_span)
+            // Outermost layer: every call is counted, whatever answers it.
+            .layer(GrpcMetricsLayer::new())
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await?;
         Ok(())
     }
+}
+
+/// The span of one call: `otel.name` is the method path so traces read like the
+/// API, and the parent is whatever `traceparent` the caller sent.
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", ""));
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        request_id,
+    );
+    trace_context::set_parent_from(&span, request.headers());
+    span
 }
 
 /// Keeps `name`'s health in step with its database until shutdown.
@@ -189,5 +225,35 @@ async fn follow_database(
             };
             health.set_service_status(name, status).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt as _, TraceId};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_call_span_joins_the_callers_trace_and_names_the_method() {
+        tracing::subscriber::with_default(crate::trace_context::test_subscriber(), || {
+            let request = http::Request::post("/agora.user.v1.UserService/GetProfile")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .body(())
+                .unwrap();
+
+            let span = call_span(&request);
+
+            let trace = span.context().span().span_context().trace_id();
+            assert_eq!(
+                trace,
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+            );
+            assert_eq!(span.metadata().unwrap().name(), "grpc");
+        });
     }
 }

@@ -1,6 +1,7 @@
 //! One telemetry initialisation for the process: `tracing` to stdout (human lines
 //! on a terminal, JSON otherwise) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
-//! spans exported over OTLP/gRPC.
+//! spans exported over OTLP/gRPC, with W3C trace context (`traceparent`) joining
+//! the spans of every process a request passes through (see `trace_context`).
 
 use std::io::IsTerminal;
 
@@ -29,6 +30,7 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Must run inside the tokio runtime: the OTLP
 /// exporter's batch processor needs it.
 pub fn init(format: Option<LogFormat>) -> anyhow::Result<TelemetryGuard> {
+    crate::trace_context::install_propagator();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn,hyper=warn"));
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {

@@ -107,7 +107,9 @@ impl JwksSource for GrpcJwks {
     fn fetch(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<PublicKey>>> + Send + '_>> {
         Box::pin(async move {
             use agora_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
-            let response = AuthServiceClient::new(self.channel.clone())
+            // Traced: a fetch caused by a request belongs to that request's trace.
+            let channel = crate::upstream::TracedChannel::new(self.channel.clone());
+            let response = AuthServiceClient::new(channel)
                 .get_jwks(GetJwksRequest {})
                 .await?
                 .into_inner();

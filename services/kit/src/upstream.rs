@@ -1,6 +1,9 @@
 //! Channels to the other services. A service with no `AGORA_<SERVICE>_GRPC_URL`
 //! is reached on this process's own gRPC address: in `serve --target all` the
 //! services still call each other over real gRPC on loopback.
+//!
+//! Wrap a channel in [`TracedChannel`] before handing it to a generated client, so
+//! each call carries the current trace (`traceparent`) to the next service.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +11,11 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Config, ServiceName};
+use crate::trace_context::InjectContext;
+
+/// A channel whose calls carry the caller's trace context. Generated clients take
+/// it where they take a `Channel`: `UserInternalServiceClient::new(TracedChannel::new(channel))`.
+pub type TracedChannel = InjectContext<Channel>;
 
 /// One lazily-connected channel per service.
 #[derive(Debug, Clone)]
@@ -39,6 +47,11 @@ impl Upstreams {
             post: channel(ServiceName::Post)?,
             notification: channel(ServiceName::Notification)?,
         })
+    }
+
+    /// The channel to `service`, propagating trace context.
+    pub fn traced(&self, service: ServiceName) -> TracedChannel {
+        TracedChannel::new(self.get(service).clone())
     }
 
     pub fn get(&self, service: ServiceName) -> &Channel {

@@ -10,7 +10,6 @@ use agora_kit::token::{Principal, TokenVerifier};
 use agora_proto::post::v1 as pb;
 use futures::{Stream, StreamExt};
 use pb::post_service_server::PostService;
-use pb::watch_comments_response::Change;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::BroadcastStream;
@@ -39,18 +38,27 @@ pub struct PostApi {
 }
 
 impl PostApi {
+    /// The service, with its live rooms fed from the bus's `live` fan-out.
     pub fn new(
         store: Store,
         authors: Authors,
         verifier: TokenVerifier,
+        live: tokio::sync::broadcast::Receiver<Arc<agora_kit::events::Envelope>>,
         shutdown: CancellationToken,
     ) -> Self {
+        let rooms = Rooms::default();
+        tokio::spawn(crate::live::run_fanout(
+            rooms.clone(),
+            authors.clone(),
+            live,
+            shutdown.clone(),
+        ));
         Self {
             store,
             authors,
             verifier,
             cache: ReadCache::default(),
-            rooms: Rooms::default(),
+            rooms,
             shutdown,
         }
     }
@@ -441,7 +449,7 @@ impl PostService for PostApi {
         let updated = loop {
             match self
                 .store
-                .update_article(&current.id, std::mem::take(&mut update))
+                .update_article(&current, std::mem::take(&mut update))
                 .await
             {
                 Err(StoreError::SlugTaken) => {
@@ -478,7 +486,7 @@ impl PostService for PostApi {
             ));
         }
         self.store
-            .delete_article(&article.id)
+            .delete_article(&article)
             .await
             .map_err(status::db)?;
         self.cache.forget_article(&article.slug).await;
@@ -494,7 +502,7 @@ impl PostService for PostApi {
         let caller = self.verifier.require(&request).await?;
         let article = self.visible(&request.get_ref().slug, Some(&caller)).await?;
         self.store
-            .favorite(&caller.user_id, &article.id)
+            .favorite(&caller.user_id, &article)
             .await
             .map_err(status::db)?;
         self.cache.forget_article(&article.slug).await;
@@ -513,7 +521,7 @@ impl PostService for PostApi {
         let caller = self.verifier.require(&request).await?;
         let article = self.visible(&request.get_ref().slug, Some(&caller)).await?;
         self.store
-            .unfavorite(&caller.user_id, &article.id)
+            .unfavorite(&caller.user_id, &article)
             .await
             .map_err(status::db)?;
         self.cache.forget_article(&article.slug).await;
@@ -549,22 +557,20 @@ impl PostService for PostApi {
         let body = domain::comment_body(&req.comment.unwrap_or_default().body)
             .map_err(|v| status::invalid(vec![v]))?;
         let article = self.visible(&req.slug, Some(&caller)).await?;
-        let (row, fresh) = match self
+        let row = match self
             .store
-            .add_comment(&article.id, &caller.user_id, &body, key.as_ref())
+            .add_comment(&article, &caller.user_id, &body, key.as_ref())
             .await
             .map_err(status::db)?
         {
-            Written::New(row) => (row, true),
+            Written::New(row) => row,
             Written::Replayed(id) => {
                 let id = id.parse::<i64>().map_err(status::internal)?;
-                let row = self
-                    .store
+                self.store
                     .comment(id)
                     .await
                     .map_err(status::db)?
-                    .ok_or_else(|| Status::not_found("no such comment"))?;
-                (row, false)
+                    .ok_or_else(|| Status::not_found("no such comment"))?
             }
             Written::Conflict => return Err(reused_key()),
         };
@@ -573,19 +579,6 @@ impl PostService for PostApi {
             .await?
             .pop()
             .expect("one comment in, one out");
-        if fresh {
-            let mut public = comment.clone();
-            if let Some(author) = public.author.as_mut() {
-                // `following` is the caller's view; watchers each have their own.
-                author.following = false;
-            }
-            self.rooms.publish(
-                &article.id,
-                pb::WatchCommentsResponse {
-                    change: Some(Change::Added(public)),
-                },
-            );
-        }
         Ok(Response::new(pb::AddCommentResponse {
             comment: Some(comment),
         }))
@@ -612,15 +605,9 @@ impl PostService for PostApi {
             ));
         }
         self.store
-            .delete_comment(comment.id)
+            .delete_comment(comment.id, &article)
             .await
             .map_err(status::db)?;
-        self.rooms.publish(
-            &article.id,
-            pb::WatchCommentsResponse {
-                change: Some(Change::DeletedId(comment.id)),
-            },
-        );
         Ok(Response::new(pb::DeleteCommentResponse {}))
     }
 

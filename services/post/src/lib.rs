@@ -14,16 +14,30 @@ pub use api::PostApi;
 
 /// The post service's schema, per backend.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(
-        1,
-        "article",
-        include_str!("../migrations/sqlite/0001_article.sql"),
-    )],
-    postgres: &[(
-        1,
-        "article",
-        include_str!("../migrations/postgres/0001_article.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "article",
+            include_str!("../migrations/sqlite/0001_article.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../migrations/sqlite/0002_outbox.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "article",
+            include_str!("../migrations/postgres/0001_article.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../migrations/postgres/0002_outbox.sql"),
+        ),
+    ],
 };
 
 /// Opens and migrates the post database.

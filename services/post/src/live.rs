@@ -1,12 +1,20 @@
-//! Live comment rooms: one broadcast channel per watched article. Adding or
-//! deleting a comment publishes to the room; every `WatchComments` stream on this
-//! replica receives it. A room disappears with its last watcher.
+//! Live comment rooms: one broadcast channel per watched article on this replica.
+//! Rooms are fed from the bus's live fan-out (`post.comment_added`,
+//! `post.comment_deleted`), not from the handler that made the change, so a
+//! watcher on any replica sees every change. A room disappears with its last
+//! watcher.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use agora_proto::post::v1::WatchCommentsResponse;
+use agora_kit::events::{self, Envelope, types};
+use agora_proto::events::v1 as ev;
+use agora_proto::post::v1::watch_comments_response::Change;
+use agora_proto::post::v1::{Comment, WatchCommentsResponse};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::authors::Authors;
 
 /// How many changes a slow watcher may fall behind before it misses some.
 const ROOM_CAPACITY: usize = 256;
@@ -26,13 +34,82 @@ impl Rooms {
             .subscribe()
     }
 
+    /// Whether anyone on this replica watches `article_id`.
+    pub fn is_watched(&self, article_id: &str) -> bool {
+        self.rooms
+            .lock()
+            .expect("rooms lock")
+            .contains_key(article_id)
+    }
+
     /// Tells everyone in the room; forgets rooms nobody watches any more.
     pub fn publish(&self, article_id: &str, change: WatchCommentsResponse) {
         let mut rooms = self.rooms.lock().expect("rooms lock");
-        if let Some(room) = rooms.get(article_id) {
-            if room.send(change).is_err() {
-                rooms.remove(article_id);
+        if let Some(room) = rooms.get(article_id)
+            && room.send(change).is_err()
+        {
+            rooms.remove(article_id);
+        }
+    }
+}
+
+/// Feeds the rooms from the bus until shutdown.
+pub async fn run_fanout(
+    rooms: Rooms,
+    authors: Authors,
+    mut live: broadcast::Receiver<Arc<Envelope>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let envelope = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = live.recv() => match next {
+                Ok(envelope) => envelope,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "live comment fan-out fell behind");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        match envelope.r#type.as_str() {
+            types::COMMENT_ADDED => {
+                let Ok(added) = events::payload::<ev::CommentAdded>(&envelope) else {
+                    continue;
+                };
+                if !rooms.is_watched(&added.article_id) {
+                    continue;
+                }
+                // `following` is each watcher's own view; the room shares one copy.
+                let author = match authors.profiles([added.author_id.as_str()], None).await {
+                    Ok(mut found) => found.remove(&added.author_id),
+                    Err(_) => None,
+                };
+                let comment = Comment {
+                    id: added.comment_id,
+                    created_at: added.created_at,
+                    updated_at: added.created_at,
+                    body: added.body,
+                    author,
+                };
+                rooms.publish(
+                    &added.article_id,
+                    WatchCommentsResponse {
+                        change: Some(Change::Added(comment)),
+                    },
+                );
             }
+            types::COMMENT_DELETED => {
+                if let Ok(deleted) = events::payload::<ev::CommentDeleted>(&envelope) {
+                    rooms.publish(
+                        &deleted.article_id,
+                        WatchCommentsResponse {
+                            change: Some(Change::DeletedId(deleted.comment_id)),
+                        },
+                    );
+                }
+            }
+            _ => {}
         }
     }
 }

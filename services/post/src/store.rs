@@ -5,6 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use agora_kit::db::{Db, now_micros, unique_violation};
+use agora_kit::events::relay::Wake;
+use agora_kit::events::{self, outbox, types};
+use agora_proto::events::v1 as ev;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
@@ -160,11 +163,23 @@ fn placeholders(first: usize, count: usize) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Pokes the outbox relay after a commit that wrote events.
+    wake: Wake,
 }
 
+/// The `producer` of this service's events.
+const PRODUCER: &str = "post";
+
 impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, wake: Wake) -> Self {
+        Self { db, wake }
+    }
+
+    /// Commits `tx` and tells the relay there is something to publish.
+    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// Looks up an idempotency key outside any write.
@@ -274,17 +289,30 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(key) = key {
-            if !Self::record_key(&mut tx, key, &id).await? {
-                tx.rollback().await?;
-                return Ok(self
-                    .check_key(Some(key))
-                    .await?
-                    .unwrap_or(Written::Conflict)
-                    .map_never());
-            }
+        if new.published {
+            let event = events::envelope(
+                types::ARTICLE_PUBLISHED,
+                PRODUCER,
+                &ev::ArticlePublished {
+                    article_id: id.clone(),
+                    slug: slug.to_owned(),
+                    title: new.title.clone(),
+                    author_id: new.author_id.clone(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
         }
-        tx.commit().await?;
+        if let Some(key) = key
+            && !Self::record_key(&mut tx, key, &id).await?
+        {
+            tx.rollback().await?;
+            return Ok(self
+                .check_key(Some(key))
+                .await?
+                .unwrap_or(Written::Conflict)
+                .map_never());
+        }
+        self.commit(tx).await?;
         Ok(Written::New(ArticleRow {
             id,
             slug: slug.to_owned(),
@@ -336,9 +364,10 @@ impl Store {
     #[tracing::instrument(skip_all, err)]
     pub async fn update_article(
         &self,
-        id: &str,
+        previous: &ArticleRow,
         changes: ArticleChanges,
     ) -> Result<Option<ArticleRow>, StoreError> {
+        let id = previous.id.as_str();
         let mut sets = Vec::new();
         let mut texts: Vec<String> = Vec::new();
         for (column, value) in [
@@ -371,20 +400,63 @@ impl Store {
         if let Some(published) = published {
             query = query.bind(published);
         }
+        let mut tx = self.db.pool().begin().await?;
         let done = query
             .bind(now_micros())
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await
             .map_err(slug_taken)?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        Ok(self.article_by_id(id).await?)
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ARTICLE_COLUMNS} FROM article a WHERE a.id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut updated = article(&row)?;
+        updated.tags = previous.tags.clone();
+        // Drafts make no noise; publishing one is its announcement.
+        let event = match (previous.published, updated.published) {
+            (false, true) => Some(events::envelope(
+                types::ARTICLE_PUBLISHED,
+                PRODUCER,
+                &ev::ArticlePublished {
+                    article_id: updated.id.clone(),
+                    slug: updated.slug.clone(),
+                    title: updated.title.clone(),
+                    author_id: updated.author_id.clone(),
+                },
+            )),
+            (true, _) => Some(events::envelope(
+                types::ARTICLE_UPDATED,
+                PRODUCER,
+                &ev::ArticleUpdated {
+                    article_id: updated.id.clone(),
+                    slug: updated.slug.clone(),
+                    previous_slug: if previous.slug != updated.slug {
+                        previous.slug.clone()
+                    } else {
+                        String::new()
+                    },
+                    title: updated.title.clone(),
+                    author_id: updated.author_id.clone(),
+                },
+            )),
+            (false, false) => None,
+        };
+        if let Some(event) = event {
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        self.commit(tx).await?;
+        Ok(Some(updated))
     }
 
     /// Deletes an article with its tags, favorites and comments.
-    pub async fn delete_article(&self, id: &str) -> Result<bool, sqlx::Error> {
+    pub async fn delete_article(&self, doomed: &ArticleRow) -> Result<bool, sqlx::Error> {
+        let id = doomed.id.as_str();
         let mut tx = self.db.pool().begin().await?;
         for sql in [
             "DELETE FROM article_tag WHERE article_id = $1",
@@ -397,38 +469,64 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        if done.rows_affected() == 1 && doomed.published {
+            let event = events::envelope(
+                types::ARTICLE_DELETED,
+                PRODUCER,
+                &ev::ArticleDeleted {
+                    article_id: doomed.id.clone(),
+                    slug: doomed.slug.clone(),
+                    author_id: doomed.author_id.clone(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        self.commit(tx).await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Adds a favorite and bumps the count in one transaction; twice is once.
-    pub async fn favorite(&self, user_id: &str, article_id: &str) -> Result<(), sqlx::Error> {
+    pub async fn favorite(&self, user_id: &str, target: &ArticleRow) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         let added = sqlx::query(
             "INSERT INTO favorite (user_id, article_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id, article_id) DO NOTHING",
         )
         .bind(user_id)
-        .bind(article_id)
+        .bind(&target.id)
         .bind(now_micros())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if added == 1 {
             sqlx::query("UPDATE article SET favorites_count = favorites_count + 1 WHERE id = $1")
-                .bind(article_id)
+                .bind(&target.id)
                 .execute(&mut *tx)
                 .await?;
+            if target.published {
+                let event = events::envelope(
+                    types::ARTICLE_FAVORITED,
+                    PRODUCER,
+                    &ev::ArticleFavorited {
+                        article_id: target.id.clone(),
+                        slug: target.slug.clone(),
+                        title: target.title.clone(),
+                        user_id: user_id.to_owned(),
+                        article_author_id: target.author_id.clone(),
+                    },
+                );
+                outbox::enqueue(&mut tx, &event).await?;
+            }
         }
-        tx.commit().await
+        self.commit(tx).await
     }
 
     /// Removes a favorite and lowers the count in one transaction.
-    pub async fn unfavorite(&self, user_id: &str, article_id: &str) -> Result<(), sqlx::Error> {
+    pub async fn unfavorite(&self, user_id: &str, target: &ArticleRow) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         let removed = sqlx::query("DELETE FROM favorite WHERE user_id = $1 AND article_id = $2")
             .bind(user_id)
-            .bind(article_id)
+            .bind(&target.id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -437,11 +535,24 @@ impl Store {
                 "UPDATE article SET favorites_count = favorites_count - 1 \
                  WHERE id = $1 AND favorites_count > 0",
             )
-            .bind(article_id)
+            .bind(&target.id)
             .execute(&mut *tx)
             .await?;
+            if target.published {
+                let event = events::envelope(
+                    types::ARTICLE_UNFAVORITED,
+                    PRODUCER,
+                    &ev::ArticleUnfavorited {
+                        article_id: target.id.clone(),
+                        slug: target.slug.clone(),
+                        user_id: user_id.to_owned(),
+                        article_author_id: target.author_id.clone(),
+                    },
+                );
+                outbox::enqueue(&mut tx, &event).await?;
+            }
         }
-        tx.commit().await
+        self.commit(tx).await
     }
 
     /// One page of published articles, newest first, and how many match in all.
@@ -586,7 +697,7 @@ impl Store {
     /// Adds a comment, honouring an idempotency key.
     pub async fn add_comment(
         &self,
-        article_id: &str,
+        target: &ArticleRow,
         author_id: &str,
         body: &str,
         key: Option<&IdempotencyKey>,
@@ -596,6 +707,7 @@ impl Store {
             Some(Written::Conflict) => return Ok(Written::Conflict),
             _ => {}
         }
+        let article_id = target.id.as_str();
         let now = now_micros();
         let mut tx = self.db.pool().begin().await?;
         let id: i64 = sqlx::query(
@@ -609,17 +721,34 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
-        if let Some(key) = key {
-            if !Self::record_key(&mut tx, key, &id.to_string()).await? {
-                tx.rollback().await?;
-                return Ok(self
-                    .check_key(Some(key))
-                    .await?
-                    .unwrap_or(Written::Conflict)
-                    .map_never());
-            }
+        if target.published {
+            let event = events::envelope(
+                types::COMMENT_ADDED,
+                PRODUCER,
+                &ev::CommentAdded {
+                    comment_id: id,
+                    article_id: target.id.clone(),
+                    slug: target.slug.clone(),
+                    title: target.title.clone(),
+                    author_id: author_id.to_owned(),
+                    article_author_id: target.author_id.clone(),
+                    body: body.to_owned(),
+                    created_at: Some(agora_kit::db::timestamp(now)),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
         }
-        tx.commit().await?;
+        if let Some(key) = key
+            && !Self::record_key(&mut tx, key, &id.to_string()).await?
+        {
+            tx.rollback().await?;
+            return Ok(self
+                .check_key(Some(key))
+                .await?
+                .unwrap_or(Written::Conflict)
+                .map_never());
+        }
+        self.commit(tx).await?;
         Ok(Written::New(CommentRow {
             id,
             article_id: article_id.to_owned(),
@@ -656,11 +785,25 @@ impl Store {
         .transpose()
     }
 
-    pub async fn delete_comment(&self, id: i64) -> Result<bool, sqlx::Error> {
+    pub async fn delete_comment(&self, id: i64, target: &ArticleRow) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query("DELETE FROM comment WHERE id = $1")
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 1 && target.published {
+            let event = events::envelope(
+                types::COMMENT_DELETED,
+                PRODUCER,
+                &ev::CommentDeleted {
+                    comment_id: id,
+                    article_id: target.id.clone(),
+                    slug: target.slug.clone(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        self.commit(tx).await?;
         Ok(done.rows_affected() == 1)
     }
 }

@@ -15,16 +15,30 @@ pub use api::{UserApi, UserInternalApi};
 
 /// The user service's schema, per backend.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(
-        1,
-        "account",
-        include_str!("../migrations/sqlite/0001_account.sql"),
-    )],
-    postgres: &[(
-        1,
-        "account",
-        include_str!("../migrations/postgres/0001_account.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "account",
+            include_str!("../migrations/sqlite/0001_account.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../migrations/sqlite/0002_outbox.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "account",
+            include_str!("../migrations/postgres/0001_account.sql"),
+        ),
+        (
+            2,
+            "outbox",
+            include_str!("../migrations/postgres/0002_outbox.sql"),
+        ),
+    ],
 };
 
 /// Opens and migrates the user database.

@@ -5,7 +5,10 @@
 use std::collections::HashSet;
 
 use agora_kit::db::{Db, now_micros, unique_violation};
+use agora_kit::events::relay::Wake;
+use agora_kit::events::{self, outbox, types};
 use agora_kit::token::Role;
+use agora_proto::events::v1 as ev;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -51,6 +54,9 @@ pub struct AccountChanges {
     pub image: Option<Option<String>>,
 }
 
+/// The `producer` of this service's events.
+const PRODUCER: &str = "user";
+
 const COLUMNS: &str =
     "id, email, username, password_hash, bio, image, role, created_at, updated_at";
 
@@ -81,17 +87,27 @@ fn taken(err: sqlx::Error) -> StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// Pokes the outbox relay after a commit that wrote events.
+    wake: Wake,
 }
 
 impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, wake: Wake) -> Self {
+        Self { db, wake }
+    }
+
+    /// Commits `tx` and tells the relay there is something to publish.
+    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, err)]
     pub async fn insert_account(&self, new: NewAccount<'_>) -> Result<AccountRow, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_micros();
+        let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO account (id, email, username, password_hash, role, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -102,9 +118,20 @@ impl Store {
         .bind(new.password_hash)
         .bind(new.role.as_str())
         .bind(now)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(taken)?;
+        let event = events::envelope(
+            types::USER_REGISTERED,
+            PRODUCER,
+            &ev::UserRegistered {
+                user_id: id.clone(),
+                username: new.username.to_owned(),
+                email: new.email.to_owned(),
+            },
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        self.commit(tx).await?;
         Ok(AccountRow {
             id,
             email: new.email.to_owned(),
@@ -188,20 +215,43 @@ impl Store {
         for value in values {
             query = query.bind(value);
         }
+        let mut tx = self.db.pool().begin().await?;
         let done = query
             .bind(now_micros())
             .bind(id)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await
             .map_err(taken)?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        Ok(self.find_by_id(id).await?)
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM account WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = account(&row)?;
+        let event = events::envelope(
+            types::USER_UPDATED,
+            PRODUCER,
+            &ev::UserUpdated {
+                user_id: updated.id.clone(),
+                username: updated.username.clone(),
+                email: updated.email.clone(),
+                bio: updated.bio.clone(),
+                image: updated.image.clone(),
+            },
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        self.commit(tx).await?;
+        Ok(Some(updated))
     }
 
-    /// Makes `follower` follow `followee`; following twice changes nothing.
+    /// Makes `follower` follow `followee`; following twice changes nothing and
+    /// announces nothing.
     pub async fn follow(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query(
             "INSERT INTO follow (follower_id, followee_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (follower_id, followee_id) DO NOTHING",
@@ -209,19 +259,46 @@ impl Store {
         .bind(follower)
         .bind(followee)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = done.rows_affected() == 1;
+        if changed {
+            let event = events::envelope(
+                types::USER_FOLLOWED,
+                PRODUCER,
+                &ev::UserFollowed {
+                    follower_id: follower.to_owned(),
+                    followee_id: followee.to_owned(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        self.commit(tx).await?;
+        Ok(changed)
     }
 
     /// Ends a follow; whether one existed.
     pub async fn unfollow(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query("DELETE FROM follow WHERE follower_id = $1 AND followee_id = $2")
             .bind(follower)
             .bind(followee)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = done.rows_affected() == 1;
+        if changed {
+            let event = events::envelope(
+                types::USER_UNFOLLOWED,
+                PRODUCER,
+                &ev::UserUnfollowed {
+                    follower_id: follower.to_owned(),
+                    followee_id: followee.to_owned(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        self.commit(tx).await?;
+        Ok(changed)
     }
 
     pub async fn is_following(&self, follower: &str, followee: &str) -> Result<bool, sqlx::Error> {
@@ -364,16 +441,34 @@ impl Store {
     /// Deletes an account and its follows; whether it existed.
     pub async fn delete_account(&self, id: &str) -> Result<bool, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
+        let username: Option<String> = sqlx::query("SELECT username FROM account WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(username) = username else {
+            return Ok(false);
+        };
         sqlx::query("DELETE FROM follow WHERE follower_id = $1 OR followee_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM account WHERE id = $1")
+        sqlx::query("DELETE FROM account WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let event = events::envelope(
+            types::USER_DELETED,
+            PRODUCER,
+            &ev::UserDeleted {
+                user_id: id.to_owned(),
+                username,
+            },
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        self.commit(tx).await?;
+        Ok(true)
     }
 }
 

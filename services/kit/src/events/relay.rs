@@ -1,0 +1,124 @@
+//! The outbox relay: publishes a service's committed events and marks them sent.
+//!
+//! It wakes when a write commits (the store pokes its [`Wake`]) and also sweeps on
+//! a timer, so an event committed just before a crash, or while the bus was down,
+//! still goes out. On PostgreSQL rows are claimed with `FOR UPDATE SKIP LOCKED`, so
+//! several replicas relay the same outbox without publishing a row twice at once
+//! (a crash between publish and mark can still repeat one: consumers dedupe).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, Envelope};
+use crate::db::{Backend, Db, now_micros};
+
+/// Pokes the relay right after a commit that wrote outbox rows.
+pub type Wake = Arc<Notify>;
+
+/// How many rows one round publishes.
+const BATCH: i64 = 200;
+/// The safety-net sweep.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Sent rows are kept this long for inspection, then deleted.
+const KEEP_SENT: Duration = Duration::from_secs(24 * 3600);
+
+/// Relays `db`'s outbox to `bus` until `shutdown`.
+pub async fn run(db: Db, bus: Arc<dyn Bus>, wake: Wake, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    let mut rounds: u64 = 0;
+    loop {
+        match relay_once(&db, bus.as_ref()).await {
+            Ok(sent) if sent as i64 == BATCH => continue,
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "outbox relay failed; will retry"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(3600) {
+            let _ = purge_sent(&db).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                // One last round so events committed during draining go out.
+                let _ = relay_once(&db, bus.as_ref()).await;
+                return;
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(SWEEP) => {}
+        }
+    }
+}
+
+/// Publishes one batch of unsent rows; how many went out.
+pub async fn relay_once(db: &Db, bus: &dyn Bus) -> anyhow::Result<usize> {
+    let lock = match db.backend() {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let mut tx = db.pool().begin().await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, envelope FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT {BATCH}{lock}"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut batch = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        let bytes: Vec<u8> = row.try_get(1)?;
+        batch.push(Envelope::decode(bytes.as_slice())?);
+        ids.push(id);
+    }
+    let started = std::time::Instant::now();
+    bus.publish(&batch).await?;
+    let now = now_micros();
+    for id in &ids {
+        sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::debug!(
+        events = ids.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "outbox relayed"
+    );
+    Ok(ids.len())
+}
+
+/// Events not yet published: the outbox depth.
+pub async fn depth(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(db.pool())
+        .await?
+        .try_get(0)
+}
+
+async fn purge_sent(db: &Db) -> Result<(), sqlx::Error> {
+    let before = now_micros() - KEEP_SENT.as_micros() as i64;
+    sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+        .bind(before)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
