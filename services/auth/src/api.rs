@@ -24,7 +24,7 @@ pub struct AuthApi {
     keys: Arc<KeyRing>,
     minter: Minter,
     refresh_ttl: Duration,
-    users: UserInternalServiceClient<Channel>,
+    users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
     verifier: TokenVerifier,
     throttle: Arc<LoginThrottle>,
 }
@@ -43,7 +43,7 @@ impl AuthApi {
             keys,
             minter,
             refresh_ttl,
-            users: UserInternalServiceClient::new(users),
+            users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
             verifier,
             throttle: Arc::new(LoginThrottle::default()),
         }

@@ -15,13 +15,13 @@ const DELETED: &str = "[deleted]";
 
 #[derive(Debug, Clone)]
 pub struct Authors {
-    users: UserInternalServiceClient<Channel>,
+    users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
 }
 
 impl Authors {
     pub fn new(users: Channel) -> Self {
         Self {
-            users: UserInternalServiceClient::new(users),
+            users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
         }
     }
 
