@@ -106,10 +106,15 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
 }
 
 /// Event types every replica hears about, for its live streams.
-const LIVE_BINDINGS: [&str; 3] = [
+const LIVE_BINDINGS: [&str; 7] = [
     agora_kit::events::types::NOTIFICATION_CREATED,
     agora_kit::events::types::COMMENT_ADDED,
     agora_kit::events::types::COMMENT_DELETED,
+    // Cache invalidation on every replica of the post service.
+    agora_kit::events::types::ARTICLE_UPDATED,
+    agora_kit::events::types::ARTICLE_DELETED,
+    agora_kit::events::types::ARTICLE_FAVORITED,
+    agora_kit::events::types::ARTICLE_UNFAVORITED,
 ];
 
 /// RabbitMQ when configured; otherwise the in-process bus, which only links
@@ -134,6 +139,7 @@ async fn start_bus(
 /// handle after each commit that wrote events.
 fn relay(
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    service: ServiceName,
     db: &agora_kit::db::Db,
     bus: &Arc<dyn Bus>,
     shutdown: &CancellationToken,
@@ -175,10 +181,10 @@ pub async fn start(
     let bus = start_bus(&config, target, &shutdown).await?;
 
     if let Some(listener) = grpc_listener {
-        let mut server = GrpcServer::new();
+        let mut server = GrpcServer::new().with_bus(bus.clone());
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
-            let wake = relay(&mut tasks, &db, &bus, &shutdown);
+            let wake = relay(&mut tasks, ServiceName::User, &db, &bus, &shutdown);
             let (public, internal) = agora_user::api::services(
                 agora_user::store::Store::new(db.clone(), wake),
                 agora_user::password::Hasher::new(config.password_hash_concurrency),
@@ -219,7 +225,7 @@ pub async fn start(
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
-            let wake = relay(&mut tasks, &db, &bus, &shutdown);
+            let wake = relay(&mut tasks, ServiceName::Post, &db, &bus, &shutdown);
             let api = agora_post::PostApi::new(
                 agora_post::store::Store::new(db.clone(), wake),
                 agora_post::authors::Authors::new(upstreams.user.clone()),

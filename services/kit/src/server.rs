@@ -9,6 +9,7 @@
 //! sending, then the listener closes and in-flight calls drain.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -20,6 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::db::Db;
+use crate::events::Bus;
 use crate::metrics::GrpcMetricsLayer;
 use crate::trace_context;
 
@@ -28,6 +30,8 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     /// Each service and the database its readiness follows, if any.
     names: Vec<(&'static str, Option<Db>)>,
+    /// The event bus database-backed services also depend on, if any.
+    bus: Option<Arc<dyn Bus>>,
     health: HealthReporter,
 }
 
@@ -60,6 +64,7 @@ impl GrpcServer {
         Self {
             routes,
             names: Vec::new(),
+            bus: None,
             health,
         }
     }
@@ -123,6 +128,13 @@ impl GrpcServer {
         self.health.clone()
     }
 
+    /// Makes every database-backed service NOT_SERVING while `bus` is
+    /// disconnected too: their writes would pile up unpublished.
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn serve(
         self,
@@ -139,6 +151,7 @@ impl GrpcServer {
                     health.clone(),
                     name,
                     db,
+                    self.bus.clone(),
                     shutdown.child_token(),
                 ));
             }
@@ -200,6 +213,7 @@ async fn follow_database(
     health: HealthReporter,
     name: &'static str,
     db: Db,
+    bus: Option<Arc<dyn Bus>>,
     shutdown: CancellationToken,
 ) {
     let mut serving = true;
@@ -208,15 +222,17 @@ async fn follow_database(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(DB_PROBE_INTERVAL) => {}
         }
-        let up = tokio::time::timeout(DB_PROBE_INTERVAL, db.ping())
+        let db_up = tokio::time::timeout(DB_PROBE_INTERVAL, db.ping())
             .await
             .unwrap_or(false);
+        let bus_up = bus.as_ref().is_none_or(|b| b.is_healthy());
+        let up = db_up && bus_up;
         if up != serving {
             serving = up;
             if up {
-                tracing::info!(service = name, "database reachable again: serving");
+                tracing::info!(service = name, "database and bus reachable again: serving");
             } else {
-                tracing::warn!(service = name, "database unreachable: not serving");
+                tracing::warn!(service = name, db_up, bus_up, "not serving");
             }
             let status = if up {
                 ServingStatus::Serving

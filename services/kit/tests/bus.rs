@@ -287,6 +287,7 @@ async fn events_written_while_the_broker_is_away_are_all_delivered_after_it_retu
     let db = sqlite("producer").await;
     let wake = Wake::default();
     tokio::spawn(relay::run(
+        "test",
         db.clone(),
         producer_bus.clone(),
         wake.clone(),

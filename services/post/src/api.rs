@@ -47,8 +47,10 @@ impl PostApi {
         shutdown: CancellationToken,
     ) -> Self {
         let rooms = Rooms::default();
+        let cache = ReadCache::default();
         tokio::spawn(crate::live::run_fanout(
             rooms.clone(),
+            cache.clone(),
             authors.clone(),
             live,
             shutdown.clone(),
@@ -57,7 +59,7 @@ impl PostApi {
             store,
             authors,
             verifier,
-            cache: ReadCache::default(),
+            cache,
             rooms,
             shutdown,
         }

@@ -2,7 +2,7 @@
 //! Rooms are fed from the bus's live fan-out (`post.comment_added`,
 //! `post.comment_deleted`), not from the handler that made the change, so a
 //! watcher on any replica sees every change. A room disappears with its last
-//! watcher.
+//! watcher. The same feed drops cached articles that another replica changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::authors::Authors;
+use crate::cache::ReadCache;
 
 /// How many changes a slow watcher may fall behind before it misses some.
 const ROOM_CAPACITY: usize = 256;
@@ -53,9 +54,11 @@ impl Rooms {
     }
 }
 
-/// Feeds the rooms from the bus until shutdown.
+/// Feeds the rooms, and drops cached articles other replicas changed, from the
+/// bus until shutdown.
 pub async fn run_fanout(
     rooms: Rooms,
+    cache: ReadCache,
     authors: Authors,
     mut live: broadcast::Receiver<Arc<Envelope>>,
     shutdown: CancellationToken,
@@ -107,6 +110,29 @@ pub async fn run_fanout(
                             change: Some(Change::DeletedId(deleted.comment_id)),
                         },
                     );
+                }
+            }
+            types::ARTICLE_UPDATED => {
+                if let Ok(updated) = events::payload::<ev::ArticleUpdated>(&envelope) {
+                    cache.forget_article(&updated.slug).await;
+                    if !updated.previous_slug.is_empty() {
+                        cache.forget_article(&updated.previous_slug).await;
+                    }
+                }
+            }
+            types::ARTICLE_DELETED => {
+                if let Ok(deleted) = events::payload::<ev::ArticleDeleted>(&envelope) {
+                    cache.forget_article(&deleted.slug).await;
+                }
+            }
+            types::ARTICLE_FAVORITED => {
+                if let Ok(favorited) = events::payload::<ev::ArticleFavorited>(&envelope) {
+                    cache.forget_article(&favorited.slug).await;
+                }
+            }
+            types::ARTICLE_UNFAVORITED => {
+                if let Ok(unfavorited) = events::payload::<ev::ArticleUnfavorited>(&envelope) {
+                    cache.forget_article(&unfavorited.slug).await;
                 }
             }
             _ => {}

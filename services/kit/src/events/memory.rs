@@ -208,7 +208,13 @@ async fn deliver_due(c: &Consumer) -> Result<usize, sqlx::Error> {
         let bytes: Vec<u8> = row.try_get(1)?;
         let attempts = row.try_get::<i64, _>(2)? as u32 + 1;
         let outcome = match Envelope::decode(bytes.as_slice()) {
-            Ok(envelope) => c.handler.handle(&envelope).await,
+            Ok(envelope) => {
+                let outcome = c.handler.handle(&envelope).await;
+                if outcome.is_ok() {
+                    super::metrics::handled(c.name, &envelope);
+                }
+                outcome
+            }
             Err(err) => Err(HandleError::Poison(format!("undecodable envelope: {err}"))),
         };
         match outcome {
@@ -223,8 +229,10 @@ async fn deliver_due(c: &Consumer) -> Result<usize, sqlx::Error> {
                 let dead = matches!(err, HandleError::Poison(_)) || attempts >= c.retry.attempts;
                 if dead {
                     tracing::error!(consumer = c.name, %event_id, attempts, error = %err, "event dead-lettered");
+                    super::metrics::dead_lettered(c.name);
                 } else {
                     tracing::warn!(consumer = c.name, %event_id, attempts, error = %err, "event will be retried");
+                    super::metrics::retried(c.name);
                 }
                 let next = now_micros() + c.retry.delay_after(attempts).as_micros() as i64;
                 sqlx::query(

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod inbox;
 pub mod memory;
+mod metrics;
 pub mod outbox;
 pub mod rabbit;
 pub mod relay;

@@ -364,7 +364,13 @@ async fn handle_delivery(
 ) -> anyhow::Result<()> {
     let attempt = attempt_of(&delivery.properties);
     let outcome = match Envelope::decode(delivery.data.as_slice()) {
-        Ok(envelope) => c.handler.handle(&envelope).await,
+        Ok(envelope) => {
+            let outcome = c.handler.handle(&envelope).await;
+            if outcome.is_ok() {
+                super::metrics::handled(c.name, &envelope);
+            }
+            outcome
+        }
         Err(err) => Err(HandleError::Poison(format!("undecodable envelope: {err}"))),
     };
     match outcome {
@@ -375,9 +381,11 @@ async fn handle_delivery(
             let dead = matches!(err, HandleError::Poison(_)) || attempt >= c.retry.attempts;
             let target = if dead {
                 tracing::error!(consumer = c.name, attempt, error = %err, "event dead-lettered");
+                super::metrics::dead_lettered(c.name);
                 dead_queue(c.name)
             } else {
                 tracing::warn!(consumer = c.name, attempt, error = %err, "event will be retried");
+                super::metrics::retried(c.name);
                 retry_queue(c.name, attempt)
             };
             let mut headers = FieldTable::default();
@@ -451,7 +459,6 @@ impl Bus for RabbitBus {
                     anyhow::bail!("the broker did not confirm an event");
                 }
             }
-            ::metrics::counter!("agora_events_published_total").increment(batch.len() as u64);
             Ok(())
         })
     }

@@ -27,12 +27,18 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// Sent rows are kept this long for inspection, then deleted.
 const KEEP_SENT: Duration = Duration::from_secs(24 * 3600);
 
-/// Relays `db`'s outbox to `bus` until `shutdown`.
-pub async fn run(db: Db, bus: Arc<dyn Bus>, wake: Wake, shutdown: CancellationToken) {
+/// Relays the outbox of `service` (in `db`) to `bus` until `shutdown`.
+pub async fn run(
+    service: &'static str,
+    db: Db,
+    bus: Arc<dyn Bus>,
+    wake: Wake,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut rounds: u64 = 0;
     loop {
-        match relay_once(&db, bus.as_ref()).await {
+        match relay_once(service, &db, bus.as_ref()).await {
             Ok(sent) if sent as i64 == BATCH => continue,
             Ok(_) => backoff = Duration::from_millis(200),
             Err(err) => {
@@ -49,13 +55,18 @@ pub async fn run(db: Db, bus: Arc<dyn Bus>, wake: Wake, shutdown: CancellationTo
             }
         }
         rounds += 1;
+        if rounds.is_multiple_of(10)
+            && let Ok(n) = depth(&db).await
+        {
+            super::metrics::outbox_depth(service, n);
+        }
         if rounds.is_multiple_of(3600) {
             let _ = purge_sent(&db).await;
         }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // One last round so events committed during draining go out.
-                let _ = relay_once(&db, bus.as_ref()).await;
+                let _ = relay_once(service, &db, bus.as_ref()).await;
                 return;
             }
             _ = wake.notified() => {}
@@ -65,7 +76,7 @@ pub async fn run(db: Db, bus: Arc<dyn Bus>, wake: Wake, shutdown: CancellationTo
 }
 
 /// Publishes one batch of unsent rows; how many went out.
-pub async fn relay_once(db: &Db, bus: &dyn Bus) -> anyhow::Result<usize> {
+pub async fn relay_once(service: &'static str, db: &Db, bus: &dyn Bus) -> anyhow::Result<usize> {
     let lock = match db.backend() {
         Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -98,11 +109,8 @@ pub async fn relay_once(db: &Db, bus: &dyn Bus) -> anyhow::Result<usize> {
             .await?;
     }
     tx.commit().await?;
-    tracing::debug!(
-        events = ids.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "outbox relayed"
-    );
+    super::metrics::published(service, ids.len(), started.elapsed());
+    tracing::debug!(service, events = ids.len(), "outbox relayed");
     Ok(ids.len())
 }
 
