@@ -4,7 +4,7 @@
     k8s_policy.py RENDERED.yaml [--overlay NAME]
 
 Checks, for every Deployment: args `serve --target <t>`, probes of the right kind (gRPC health on
-50051 for services, HTTP /readyz and /healthz for the gateway), the hardened security context
+50051 for services, HTTP /healthz for the gateway: one unhealthy upstream must not take the edge out), the hardened security context
 (runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, all capabilities dropped, seccomp
 RuntimeDefault), resource requests and limits on every container, and a Service, HPA and PDB of
 the same name. Once per render: NetworkPolicies for services and gateway, the ConfigMap wiring.
@@ -79,8 +79,8 @@ def main() -> int:
             f"{name}: args {main_c.get('args')} != ['serve', '--target', '{t}']",
         )
         if t == "gateway":
-            need(main_c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
-                 f"{name}: readinessProbe is not httpGet /readyz")
+            need(main_c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/healthz",
+                 f"{name}: readinessProbe is not httpGet /healthz")
             need(main_c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz",
                  f"{name}: livenessProbe is not httpGet /healthz")
         else:
