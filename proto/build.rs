@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `prost::Name` lets event payloads travel as `google.protobuf.Any`.
     config.enable_type_names();
     tonic_prost_build::configure()
-        // Services whose RPCs are not all written yet answer UNIMPLEMENTED.
+        // A server that leaves an RPC out answers UNIMPLEMENTED (ADR 5).
         .generate_default_stubs(true)
         .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())

@@ -99,8 +99,7 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
         ServiceName::User => agora_user::open_db(target).await?,
         ServiceName::Auth => agora_auth::open_db(target).await?,
         ServiceName::Post => agora_post::open_db(target).await?,
-        // The notification service keeps no data yet; opening still validates the target.
-        ServiceName::Notification => agora_kit::db::Db::connect(target, service).await?,
+        ServiceName::Notification => agora_notification::open_db(target).await?,
     };
     Ok(db)
 }
@@ -145,8 +144,13 @@ fn relay(
     shutdown: &CancellationToken,
 ) -> Wake {
     let wake = Wake::default();
-    let run =
-        agora_kit::events::relay::run(db.clone(), bus.clone(), wake.clone(), shutdown.clone());
+    let run = agora_kit::events::relay::run(
+        service.as_str(),
+        db.clone(),
+        bus.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    );
     tasks.spawn(async move {
         run.await;
         Ok(())
@@ -157,6 +161,7 @@ fn relay(
 /// Binds and starts `target`; the returned app runs until `shutdown` is cancelled.
 pub async fn start(
     config: Config,
+    notification_config: agora_notification::NotificationConfig,
     target: Target,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningApp> {
@@ -182,6 +187,25 @@ pub async fn start(
 
     if let Some(listener) = grpc_listener {
         let mut server = GrpcServer::new().with_bus(bus.clone());
+        // Consumers first: the in-process bus delivers only to consumers
+        // registered when an event is published.
+        if target.runs(ServiceName::Notification) {
+            let db = open_db(&config, ServiceName::Notification).await?;
+            let wake = relay(&mut tasks, ServiceName::Notification, &db, &bus, &shutdown);
+            let parts = agora_notification::start(
+                db.clone(),
+                notification_config.clone(),
+                config.data_dir.clone(),
+                verifier.clone(),
+                bus.live(),
+                wake,
+                shutdown.clone(),
+            )
+            .await?;
+            bus.start_consumer(parts.consumer(), shutdown.clone())
+                .await?;
+            server = server.register_with_db(NotificationServiceServer::new(parts.api), db);
+        }
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
             let wake = relay(&mut tasks, ServiceName::User, &db, &bus, &shutdown);
@@ -234,11 +258,6 @@ pub async fn start(
                 shutdown.clone(),
             );
             server = server.register_with_db(PostServiceServer::new(api), db);
-        }
-        if target.runs(ServiceName::Notification) {
-            server = server.register(NotificationServiceServer::new(
-                agora_notification::NotificationApi,
-            ));
         }
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
         tasks.spawn(server.serve(listener, shutdown.clone()));

@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         follows: usize,
     },
+    /// The event bus.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -61,6 +66,23 @@ pub enum AdminCommand {
         #[arg(long, value_parser = ["user", "moderator", "admin"])]
         role: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// The dead-letter queue of the notification consumer.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show events that exhausted their attempts, with their last error.
+    List,
+    /// Put every dead letter back in the work queue for another round of attempts.
+    Redrive,
 }
 
 #[derive(Debug, Subcommand)]

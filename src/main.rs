@@ -1,10 +1,12 @@
 //! `agora`: parse the command line, load configuration, start telemetry, and hand
 //! over to the library.
 
-use agora::cli::{AdminCommand, Cli, Command, ConfigCommand};
+use agora::cli::{AdminCommand, Cli, Command, ConfigCommand, DlqCommand, EventsCommand};
 use agora::{Target, app};
 use agora_kit::Config;
+use agora_kit::config::ConfigErrors;
 use agora_kit::token::Role;
+use agora_notification::NotificationConfig;
 use std::io::Write;
 
 use clap::Parser;
@@ -33,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ => Ok(()),
         };
     }
-    let config = Config::from_env()?;
+    let (config, notification_config) = load_config()?;
     if let Command::Config {
         command: ConfigCommand::Check,
     } = command
@@ -45,10 +47,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Serve { target } => {
             let shutdown = agora_kit::shutdown::on_signal();
-            let running = app::start(config, target, shutdown).await?;
+            let running = app::start(config, notification_config, target, shutdown).await?;
             running.wait().await
         }
         Command::Migrate { target } => app::migrate(&config, target).await,
+        Command::Events {
+            command: EventsCommand::Dlq { command },
+        } => dead_letters(&config, command).await,
         Command::Admin {
             command: AdminCommand::Grant { email, role },
         } => {
@@ -83,4 +88,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Openapi | Command::Config { .. } => unreachable!("handled above"),
     }
+}
+
+/// Every configuration problem, the services' and the notification service's,
+/// reported together.
+fn load_config() -> Result<(Config, NotificationConfig), ConfigErrors> {
+    match (Config::from_env(), NotificationConfig::from_env()) {
+        (Ok(config), Ok(notification)) => Ok((config, notification)),
+        (config, notification) => {
+            let mut problems = Vec::new();
+            if let Err(e) = config {
+                problems.extend(e.0);
+            }
+            if let Err(e) = notification {
+                problems.extend(e.0);
+            }
+            Err(ConfigErrors(problems))
+        }
+    }
+}
+
+/// Lists or redrives the notification consumer's dead letters, on whichever bus
+/// the configuration names.
+async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use agora_kit::events::bus::BoxFuture;
+    use agora_kit::events::{Bus, Consumer, Envelope, HandleError, Handler, RetryPolicy};
+
+    /// Listing and redriving never run the handler.
+    struct Inspecting;
+    impl Handler for Inspecting {
+        fn handle<'a>(&'a self, _: &'a Envelope) -> BoxFuture<'a, Result<(), HandleError>> {
+            Box::pin(async { Err(HandleError::Poison("inspection only".into())) })
+        }
+    }
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let db =
+        agora_notification::open_db(config.database(agora_kit::ServiceName::Notification)).await?;
+    let consumer = Consumer {
+        name: agora_notification::CONSUMER,
+        bindings: agora_notification::bindings(),
+        handler: Arc::new(Inspecting),
+        db,
+        retry: RetryPolicy::default(),
+    };
+    let bus: Arc<dyn Bus> = match &config.amqp_url {
+        Some(url) => {
+            agora_kit::events::rabbit::RabbitBus::start(url.clone(), vec![], shutdown.clone()).await
+        }
+        None => Arc::new(agora_kit::events::memory::MemoryBus::new(vec![])),
+    };
+    let result = match command {
+        DlqCommand::List => {
+            let letters = bus.dead_letters(&consumer).await?;
+            for letter in &letters {
+                println!(
+                    "{}\t{}\tattempts={}\t{}",
+                    letter.envelope.id, letter.envelope.r#type, letter.attempts, letter.last_error
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+            Ok(())
+        }
+        DlqCommand::Redrive => {
+            let moved = bus.redrive(&consumer).await?;
+            println!("{moved} dead letter(s) back in the queue");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    result
 }

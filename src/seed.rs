@@ -31,8 +31,22 @@ pub const BATCH: usize = 500;
 
 /// Tags articles draw from, the first ones more often.
 pub const TAGS: &[&str] = &[
-    "rust", "grpc", "postgres", "sqlite", "tokio", "web", "api", "design", "testing",
-    "security", "devops", "kubernetes", "performance", "databases", "tutorial", "news",
+    "rust",
+    "grpc",
+    "postgres",
+    "sqlite",
+    "tokio",
+    "web",
+    "api",
+    "design",
+    "testing",
+    "security",
+    "devops",
+    "kubernetes",
+    "performance",
+    "databases",
+    "tutorial",
+    "news",
 ];
 
 const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
@@ -83,11 +97,25 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let user_db = agora_user::open_db(config.database(ServiceName::User)).await?;
     let post_db = agora_post::open_db(config.database(ServiceName::Post)).await?;
-    if plan.users > 0 && exists(&user_db, "SELECT 1 FROM account WHERE username = $1", "seed0").await? {
-        anyhow::bail!("the user database already holds seeded accounts (seed0); seed a fresh database");
+    if plan.users > 0
+        && exists(
+            &user_db,
+            "SELECT 1 FROM account WHERE username = $1",
+            "seed0",
+        )
+        .await?
+    {
+        anyhow::bail!(
+            "the user database already holds seeded accounts (seed0); seed a fresh database"
+        );
     }
     if plan.articles > 0
-        && exists(&post_db, "SELECT 1 FROM article WHERE slug = $1", "seed-article-0").await?
+        && exists(
+            &post_db,
+            "SELECT 1 FROM article WHERE slug = $1",
+            "seed-article-0",
+        )
+        .await?
     {
         anyhow::bail!("the post database already holds seeded articles; seed a fresh database");
     }
@@ -112,7 +140,15 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
     summary.users = insert_rows(
         &mut tx,
         "account",
-        &["id", "email", "username", "password_hash", "role", "created_at", "updated_at"],
+        &[
+            "id",
+            "email",
+            "username",
+            "password_hash",
+            "role",
+            "created_at",
+            "updated_at",
+        ],
         "",
         plan.users,
         |n| {
@@ -169,8 +205,16 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
         &mut tx,
         "article",
         &[
-            "id", "slug", "author_id", "title", "description", "body", "published",
-            "favorites_count", "created_at", "updated_at",
+            "id",
+            "slug",
+            "author_id",
+            "title",
+            "description",
+            "body",
+            "published",
+            "favorites_count",
+            "created_at",
+            "updated_at",
         ],
         "",
         plan.articles,
@@ -192,7 +236,10 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
                 Value::Text(format!("seed-article-{n}")),
                 Value::Text(user_ids[author].clone()),
                 Value::Text(format!("Seed article {n}")),
-                Value::Text(format!("Generated article number {n} about {}", mine.join(", "))),
+                Value::Text(format!(
+                    "Generated article number {n} about {}",
+                    mine.join(", ")
+                )),
                 Value::Text(body(n)),
                 Value::Int(1),
                 Value::Int(0),
@@ -210,7 +257,10 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
         tags.len(),
         |i| {
             let (n, tag) = tags[i];
-            vec![Value::Text(article_ids[n].clone()), Value::Text(tag.to_owned())]
+            vec![
+                Value::Text(article_ids[n].clone()),
+                Value::Text(tag.to_owned()),
+            ]
         },
     )
     .await?;

@@ -84,8 +84,11 @@ impl TestApp {
 
     async fn start(env: HashMap<String, String>, data_dir: PathBuf) -> TestApp {
         let config = Config::from_source(|k| env.get(k).cloned()).expect("test config is valid");
+        let notification =
+            agora_notification::NotificationConfig::from_source(|k| env.get(k).cloned())
+                .expect("test notification config is valid");
         let shutdown = CancellationToken::new();
-        let running = agora::start(config, Target::All, shutdown.clone())
+        let running = agora::start(config, notification, Target::All, shutdown.clone())
             .await
             .expect("agora starts");
         TestApp {

@@ -8,6 +8,7 @@ mod grpc;
 mod helpers;
 mod identity;
 mod live;
+mod notifications;
 mod roles;
 mod sessions;
 mod transcoding;

@@ -114,15 +114,6 @@ async fn cors_allows_listed_origins_only() {
 }
 
 #[tokio::test]
-async fn rpcs_not_built_yet_answer_501() {
-    let app = app().await;
-
-    let answer = app.get("/api/notifications", None).await;
-
-    assert_eq!(answer.status, 501, "{:?}", answer.body);
-}
-
-#[tokio::test]
 async fn health_readiness_and_openapi_are_served() {
     let app = app().await;
 
