@@ -264,7 +264,7 @@ done
 
 # One table: a row per endpoint, a column group per size, and the ratio of the largest
 # size's p50 to the smallest's.
-python3 - "$RAW" "$(date -u +%Y-%m-%d)" "$(nproc)" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+python3 - "$RAW" "$(date -u +%Y-%m-%d)" "$(nproc)" "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
   "$THREADS" "$CONNECTIONS" "$DURATION" "$USERS" "$FOLLOWS" >"$OUT/results.md" <<'EOF'
 import sys
 raw, date, cores, commit, threads, conns, dur, users, follows = sys.argv[1:]

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use agora_kit::config::{Config, DatabaseTarget, ServiceName};
 use agora_kit::events::Bus;
+use agora_kit::events::RetryPolicy;
 use agora_kit::events::memory::MemoryBus;
-use agora_kit::events::rabbit::RabbitBus;
+use agora_kit::events::rabbit::{QueueSpec, RabbitBus};
 use agora_kit::events::relay::Wake;
 use agora_kit::server::GrpcServer;
 use agora_kit::token::{GrpcJwks, TokenVerifier};
@@ -124,7 +125,23 @@ async fn start_bus(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<dyn Bus>> {
     Ok(match &config.amqp_url {
-        Some(url) => RabbitBus::start(url.clone(), LIVE_BINDINGS.to_vec(), shutdown.clone()).await,
+        Some(url) => {
+            // Every process declares every consumer's queues, so an event
+            // published before its consumer first ran still waits for it.
+            let topology = vec![QueueSpec {
+                name: agora_notification::CONSUMER,
+                bindings: agora_notification::bindings(),
+                retry: RetryPolicy::default(),
+            }];
+            RabbitBus::start(
+                url.clone(),
+                &config.amqp_namespace,
+                topology,
+                LIVE_BINDINGS.to_vec(),
+                shutdown.clone(),
+            )
+            .await
+        }
         None if matches!(target, Target::All | Target::Gateway) => {
             Arc::new(MemoryBus::new(LIVE_BINDINGS.to_vec()))
         }

@@ -136,7 +136,14 @@ async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()
     };
     let bus: Arc<dyn Bus> = match &config.amqp_url {
         Some(url) => {
-            agora_kit::events::rabbit::RabbitBus::start(url.clone(), vec![], shutdown.clone()).await
+            agora_kit::events::rabbit::RabbitBus::start(
+                url.clone(),
+                &config.amqp_namespace,
+                vec![],
+                vec![],
+                shutdown.clone(),
+            )
+            .await
         }
         None => Arc::new(agora_kit::events::memory::MemoryBus::new(vec![])),
     };

@@ -314,6 +314,89 @@ async fn fresh_postgres_database() -> String {
     format!("{base}/{name}")
 }
 
+/// RabbitMQ URL for tests, when the machine has one.
+pub fn amqp_url() -> Option<String> {
+    std::env::var("AGORA_TEST_AMQP_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// Starts agora on PostgreSQL and RabbitMQ, with exchange and queues under a
+/// namespace of its own so concurrent tests never share a queue.
+pub async fn spawn_on_rabbitmq(namespace: &str) -> TestApp {
+    let url = amqp_url().expect("AGORA_TEST_AMQP_URL is set");
+    TestApp::spawn_with(
+        Backend::Postgres,
+        &[
+            ("AGORA_AMQP_URL", &url),
+            ("AGORA_AMQP_NAMESPACE", namespace),
+        ],
+    )
+    .await
+}
+
+/// Deletes what a test namespace declared on the broker.
+pub async fn remove_namespace(namespace: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let url = amqp_url().expect("AGORA_TEST_AMQP_URL is set");
+    let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let consumer = agora_notification::CONSUMER;
+    let mut queues = vec![
+        format!("{namespace}.{consumer}"),
+        format!("{namespace}.{consumer}.dead"),
+    ];
+    queues.extend((1..10).map(|n| format!("{namespace}.{consumer}.retry.{n}")));
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            format!("{namespace}.events").as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Runs a test body on the embedded default (SQLite, in-process bus) and, when
+/// both are configured, on PostgreSQL with RabbitMQ.
+#[macro_export]
+macro_rules! on_every_bus {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await).await;
+                }
+            )*
+        }
+        mod rabbitmq {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::helpers::postgres_url().is_none() || $crate::helpers::amqp_url().is_none() {
+                        eprintln!("AGORA_TEST_DATABASE_URL or AGORA_TEST_AMQP_URL not set: RabbitMQ case skipped");
+                        return;
+                    }
+                    let namespace = format!("agora-test-{}", uuid::Uuid::now_v7().simple());
+                    let app = $crate::helpers::spawn_on_rabbitmq(&namespace).await;
+                    super::$name(app).await;
+                    $crate::helpers::remove_namespace(&namespace).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Runs a test body once on SQLite and once on PostgreSQL (when configured).
 #[macro_export]
 macro_rules! on_both_backends {

@@ -11,7 +11,13 @@ use hyper::body::Incoming;
 use prost::Message;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::TestApp;
+
+crate::on_every_bus!(
+    comments_arrive_live_over_server_sent_events,
+    comments_arrive_live_over_grpc_web,
+    a_draft_cannot_be_watched_by_others,
+);
 
 /// Reads body frames until `done` says the collected bytes are enough.
 async fn read_until(body: &mut Incoming, buffer: &mut BytesMut, done: impl Fn(&[u8]) -> bool) {
@@ -31,9 +37,7 @@ async fn read_until(body: &mut Incoming, buffer: &mut BytesMut, done: impl Fn(&[
     .expect("the change arrives within five seconds");
 }
 
-#[tokio::test]
-async fn comments_arrive_live_over_server_sent_events() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+async fn comments_arrive_live_over_server_sent_events(app: TestApp) {
     let jake = app.signed_up("jake").await;
     let slug = app.article(&jake.token, "Live", &[]).await;
 
@@ -84,9 +88,7 @@ async fn comments_arrive_live_over_server_sent_events() {
     assert_eq!(events[1]["deletedId"], id);
 }
 
-#[tokio::test]
-async fn comments_arrive_live_over_grpc_web() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+async fn comments_arrive_live_over_grpc_web(app: TestApp) {
     let jake = app.signed_up("jake").await;
     let slug = app.article(&jake.token, "Live", &[]).await;
     let request = WatchCommentsRequest { slug: slug.clone() }.encode_to_vec();
@@ -131,9 +133,7 @@ async fn comments_arrive_live_over_grpc_web() {
     }
 }
 
-#[tokio::test]
-async fn a_draft_cannot_be_watched_by_others() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+async fn a_draft_cannot_be_watched_by_others(app: TestApp) {
     let jake = app.signed_up("jake").await;
     let anna = app.signed_up("anna").await;
     let draft = app

@@ -9,20 +9,24 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{Answer, Backend, TestApp};
+use crate::helpers::{Answer, TestApp};
 
-crate::on_both_backends!(
+crate::on_every_bus!(
     each_action_notifies_the_right_people_and_never_the_actor,
     notifications_are_marked_read_one_by_one_or_all_at_once,
     preferences_turn_a_kind_off,
+    a_new_notification_arrives_live_over_server_sent_events,
 );
 
-/// Polls the caller's notifications until `done` holds (events are asynchronous).
-async fn notifications_until(app: &TestApp, token: &str, done: impl Fn(&Answer) -> bool) -> Answer {
+/// Polls the caller's notifications until `unread` have arrived (events are
+/// asynchronous); the list and the count are read apart, so both must agree.
+async fn notifications_until(app: &TestApp, token: &str, unread: usize) -> Answer {
     for _ in 0..100 {
         let answer = app.get("/api/notifications", Some(token)).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
-        if done(&answer) {
+        if answer.body["unreadCount"] == unread
+            && answer.body["notifications"].as_array().map(Vec::len) == Some(unread)
+        {
             return answer;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -68,7 +72,7 @@ async fn each_action_notifies_the_right_people_and_never_the_actor(app: TestApp)
     )
     .await;
 
-    let mine = notifications_until(&app, &author.token, |a| a.body["unreadCount"] == 4).await;
+    let mine = notifications_until(&app, &author.token, 4).await;
     let mut got = kinds(&mine);
     got.sort();
     assert_eq!(
@@ -83,8 +87,7 @@ async fn each_action_notifies_the_right_people_and_never_the_actor(app: TestApp)
     );
     let followers = [&fan, &other];
     for follower in followers {
-        let theirs =
-            notifications_until(&app, &follower.token, |a| a.body["unreadCount"] == 1).await;
+        let theirs = notifications_until(&app, &follower.token, 1).await;
         assert_eq!(kinds(&theirs), ["NOTIFICATION_KIND_ARTICLE_PUBLISHED"]);
         assert_eq!(
             theirs.body["notifications"][0]["articleSlug"],
@@ -109,7 +112,7 @@ async fn notifications_are_marked_read_one_by_one_or_all_at_once(app: TestApp) {
         app.post("/api/profiles/author/follow", Some(&fan.token), json!({}))
             .await;
     }
-    let listed = notifications_until(&app, &author.token, |a| a.body["unreadCount"] == 3).await;
+    let listed = notifications_until(&app, &author.token, 3).await;
     let first = listed.body["notifications"][0]["id"]
         .as_str()
         .unwrap()
@@ -168,7 +171,7 @@ async fn preferences_turn_a_kind_off(app: TestApp) {
     .await;
 
     assert_eq!(saved.status, 200, "{:?}", saved.body);
-    let mine = notifications_until(&app, &author.token, |a| a.body["unreadCount"] == 1).await;
+    let mine = notifications_until(&app, &author.token, 1).await;
     assert_eq!(
         kinds(&mine),
         ["NOTIFICATION_KIND_FAVORITED"],
@@ -176,9 +179,7 @@ async fn preferences_turn_a_kind_off(app: TestApp) {
     );
 }
 
-#[tokio::test]
-async fn a_new_notification_arrives_live_over_server_sent_events() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+async fn a_new_notification_arrives_live_over_server_sent_events(app: TestApp) {
     let author = app.signed_up("author").await;
     let fan = app.signed_up("fan").await;
     let stream = app

@@ -17,6 +17,7 @@ pub const GRPC_ADDR: &str = "AGORA_GRPC_ADDR";
 pub const DATA_DIR: &str = "AGORA_DATA_DIR";
 pub const DATABASE_URL: &str = "AGORA_DATABASE_URL";
 pub const AMQP_URL: &str = "AGORA_AMQP_URL";
+pub const AMQP_NAMESPACE: &str = "AGORA_AMQP_NAMESPACE";
 pub const CORS_ORIGINS: &str = "AGORA_CORS_ORIGINS";
 pub const AUTH_KEYS_DIR: &str = "AGORA_AUTH_KEYS_DIR";
 pub const JWT_ISSUER: &str = "AGORA_JWT_ISSUER";
@@ -138,6 +139,8 @@ pub struct Config {
     /// Explicit upstream URLs; a service without one is reached in this process.
     pub grpc_urls: HashMap<ServiceName, String>,
     pub amqp_url: Option<Secret>,
+    /// Prefix of the exchange and queue names, so environments can share a broker.
+    pub amqp_namespace: String,
     pub cors_origins: Vec<String>,
     pub auth_keys_dir: PathBuf,
     pub jwt_issuer: String,
@@ -219,6 +222,16 @@ impl Config {
             }
         });
 
+        let amqp_namespace = get(AMQP_NAMESPACE).unwrap_or_else(|| "agora".into());
+        if !amqp_namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(format!(
+                "{AMQP_NAMESPACE}: `{amqp_namespace}` may contain only letters, digits, -, _ and ."
+            ));
+        }
+
         let cors_origins = get(CORS_ORIGINS)
             .map(|v| {
                 v.split(',')
@@ -281,6 +294,7 @@ impl Config {
             databases,
             grpc_urls,
             amqp_url,
+            amqp_namespace,
             cors_origins,
             auth_keys_dir,
             jwt_issuer,

@@ -123,6 +123,30 @@ fn consumer(name: &'static str, binding: &'static str, handler: Arc<Recorder>, d
     }
 }
 
+/// Deletes a test consumer's queues from the broker.
+async fn remove_queues(url: &Secret, consumer: &str) {
+    use lapin::options::QueueDeleteOptions;
+    let Ok(conn) =
+        lapin::Connection::connect(url.expose(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let mut queues = vec![
+        format!("agora-test.{consumer}"),
+        format!("agora-test.{consumer}.dead"),
+    ];
+    queues.extend((1..10).map(|n| format!("agora-test.{consumer}.retry.{n}")));
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
@@ -198,10 +222,12 @@ async fn rabbitmq_retries_dead_letters_and_redrives() {
         return;
     };
     let shutdown = CancellationToken::new();
-    let bus: Arc<dyn Bus> = RabbitBus::start(url, vec![], shutdown.clone()).await;
+    let bus: Arc<dyn Bus> =
+        RabbitBus::start(url, "agora-test", vec![], vec![], shutdown.clone()).await;
     let tag = uuid::Uuid::now_v7().simple().to_string();
     retries_dead_letters_and_redrive(bus, sqlite("rabbit").await, &tag).await;
     shutdown.cancel();
+    remove_queues(&amqp_url().unwrap(), &format!("test-{tag}")).await;
 }
 
 /// A TCP proxy to the broker that the test can cut and restore.
@@ -269,7 +295,7 @@ async fn events_written_while_the_broker_is_away_are_all_delivered_after_it_retu
     let shutdown = CancellationToken::new();
 
     // The consumer talks to the broker directly; only the producer's cable is cut.
-    let consumer_bus = RabbitBus::start(url, vec![], shutdown.clone()).await;
+    let consumer_bus = RabbitBus::start(url, "agora-test", vec![], vec![], shutdown.clone()).await;
     let recorder = Arc::new(Recorder::default());
     consumer_bus
         .start_consumer(
@@ -278,7 +304,8 @@ async fn events_written_while_the_broker_is_away_are_all_delivered_after_it_retu
         )
         .await
         .unwrap();
-    let producer_bus: Arc<dyn Bus> = RabbitBus::start(via_cable, vec![], shutdown.clone()).await;
+    let producer_bus: Arc<dyn Bus> =
+        RabbitBus::start(via_cable, "agora-test", vec![], vec![], shutdown.clone()).await;
     eventually("both buses to connect", || {
         consumer_bus.is_healthy() && producer_bus.is_healthy()
     })
@@ -322,6 +349,7 @@ async fn events_written_while_the_broker_is_away_are_all_delivered_after_it_retu
     .await;
     assert_eq!(relay::depth(&db).await.unwrap(), 0);
     shutdown.cancel();
+    remove_queues(&amqp_url().unwrap(), name).await;
 }
 
 #[tokio::test]
@@ -333,8 +361,15 @@ async fn live_fan_out_reaches_every_replica() {
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let kind = leak(format!("test.{tag}.live"));
     let shutdown = CancellationToken::new();
-    let one = RabbitBus::start(url.clone(), vec![kind], shutdown.clone()).await;
-    let two = RabbitBus::start(url, vec![kind], shutdown.clone()).await;
+    let one = RabbitBus::start(
+        url.clone(),
+        "agora-test",
+        vec![],
+        vec![kind],
+        shutdown.clone(),
+    )
+    .await;
+    let two = RabbitBus::start(url, "agora-test", vec![], vec![kind], shutdown.clone()).await;
     let mut rx_one = one.live();
     let mut rx_two = two.live();
     eventually("both replicas to connect", || {

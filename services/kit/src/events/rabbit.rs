@@ -1,6 +1,7 @@
 //! The RabbitMQ bus.
 //!
-//! Topology, declared idempotently on every (re)connect:
+//! Topology, declared idempotently on every (re)connect, under a namespace
+//! (`AGORA_AMQP_NAMESPACE`, default `agora`) so environments can share a broker:
 //! - `agora.events`: durable topic exchange; routing key = event type.
 //! - `agora.<consumer>`: one durable quorum queue per consuming service, bound to
 //!   the types it wants, with a delivery limit so a message that crashes its
@@ -34,8 +35,6 @@ use super::bus::{BoxFuture, DeadLetter};
 use super::{Bus, Consumer, Envelope, HandleError};
 use crate::config::Secret;
 
-/// The exchange every event goes through.
-pub const EXCHANGE: &str = "agora.events";
 /// Header carrying which delivery attempt a retried message is on.
 const ATTEMPT_HEADER: &str = "x-agora-attempt";
 /// Header carrying the last error of a dead letter.
@@ -43,29 +42,73 @@ const ERROR_HEADER: &str = "x-agora-error";
 /// Unacknowledged messages in flight per consumer.
 const PREFETCH: u16 = 32;
 
-fn work_queue(name: &str) -> String {
-    format!("agora.{name}")
+/// Exchange and queue names under one namespace.
+#[derive(Debug, Clone)]
+struct Names {
+    namespace: String,
 }
 
-fn retry_queue(name: &str, attempt: u32) -> String {
-    format!("agora.{name}.retry.{attempt}")
+impl Names {
+    /// The exchange every event goes through.
+    fn exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    fn work(&self, consumer: &str) -> String {
+        format!("{}.{consumer}", self.namespace)
+    }
+
+    fn retry(&self, consumer: &str, attempt: u32) -> String {
+        format!("{}.{consumer}.retry.{attempt}", self.namespace)
+    }
+
+    fn dead(&self, consumer: &str) -> String {
+        format!("{}.{consumer}.dead", self.namespace)
+    }
 }
 
-fn dead_queue(name: &str) -> String {
-    format!("agora.{name}.dead")
+/// A consumer's queues, declared by every process so that events published
+/// before any consumer ever ran are kept, not dropped as unroutable.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: &'static str,
+    pub bindings: Vec<&'static str>,
+    pub retry: super::RetryPolicy,
+}
+
+impl From<&Consumer> for QueueSpec {
+    fn from(c: &Consumer) -> Self {
+        Self {
+            name: c.name,
+            bindings: c.bindings.clone(),
+            retry: c.retry,
+        }
+    }
 }
 
 fn s(value: &str) -> ShortString {
     value.into()
 }
 
+/// Consumers to run on every connection, and the current connection.
+#[derive(Default)]
+struct Consumers {
+    registered: Vec<(Consumer, CancellationToken)>,
+    connection: Option<Arc<Connection>>,
+}
+
 /// The RabbitMQ bus; cheap to share behind an `Arc`.
 pub struct RabbitBus {
     url: Secret,
+    names: Names,
+    /// Consumer queues to declare on every connect.
+    topology: Vec<QueueSpec>,
     /// The confirm-mode channel publishers share; `None` while disconnected.
     publisher: Mutex<Option<Channel>>,
     healthy: AtomicBool,
-    consumers: std::sync::Mutex<Vec<(Consumer, CancellationToken)>>,
+    /// Registered consumers and the live connection, under one lock so a
+    /// consumer registered while the supervisor connects is started exactly once.
+    consumers: Mutex<Consumers>,
     live: broadcast::Sender<Arc<Envelope>>,
     live_bindings: Vec<&'static str>,
     /// Wakes the supervisor when a publish finds the connection broken.
@@ -76,14 +119,20 @@ impl RabbitBus {
     /// Connects (retrying until `shutdown`) and keeps reconnecting in the background.
     pub async fn start(
         url: Secret,
+        namespace: &str,
+        topology: Vec<QueueSpec>,
         live_bindings: Vec<&'static str>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let bus = Arc::new(Self {
             url,
+            names: Names {
+                namespace: namespace.to_owned(),
+            },
+            topology,
             publisher: Mutex::new(None),
             healthy: AtomicBool::new(false),
-            consumers: std::sync::Mutex::new(Vec::new()),
+            consumers: Mutex::new(Consumers::default()),
             live: broadcast::channel(1024).0,
             live_bindings,
             broken: tokio::sync::Notify::new(),
@@ -92,19 +141,24 @@ impl RabbitBus {
         bus
     }
 
-    async fn connect(&self) -> anyhow::Result<Connection> {
+    async fn connect(&self) -> anyhow::Result<Arc<Connection>> {
         let conn = Connection::connect(self.url.expose(), ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
-        declare_exchange(&channel).await?;
+        declare_exchange(&channel, &self.names).await?;
+        for spec in &self.topology {
+            declare_consumer_queues(&channel, &self.names, spec).await?;
+        }
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         *self.publisher.lock().await = Some(channel);
         self.start_live(&conn).await?;
-        let consumers = self.consumers.lock().expect("consumers lock").clone();
-        for (consumer, shutdown) in consumers {
-            start_consuming(&conn, consumer, shutdown).await?;
+        let conn = Arc::new(conn);
+        let mut consumers = self.consumers.lock().await;
+        for (consumer, shutdown) in consumers.registered.clone() {
+            start_consuming(&conn, &self.names, consumer, shutdown).await?;
         }
+        consumers.connection = Some(conn.clone());
         Ok(conn)
     }
 
@@ -128,7 +182,7 @@ impl RabbitBus {
             channel
                 .queue_bind(
                     queue.name().clone(),
-                    s(EXCHANGE),
+                    s(&self.names.exchange()),
                     s(binding),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -166,10 +220,10 @@ impl RabbitBus {
     }
 }
 
-async fn declare_exchange(channel: &Channel) -> lapin::Result<()> {
+async fn declare_exchange(channel: &Channel, names: &Names) -> lapin::Result<()> {
     channel
         .exchange_declare(
-            s(EXCHANGE),
+            s(&names.exchange()),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -218,6 +272,7 @@ async fn supervise(bus: Arc<RabbitBus>, shutdown: CancellationToken) {
                 }
                 bus.healthy.store(false, Ordering::SeqCst);
                 *bus.publisher.lock().await = None;
+                bus.consumers.lock().await.connection = None;
                 tracing::warn!("event bus connection lost; reconnecting");
             }
             Err(err) => {
@@ -239,21 +294,23 @@ async fn supervise(bus: Arc<RabbitBus>, shutdown: CancellationToken) {
 /// Declares a consumer's queues and starts delivering to its handler.
 async fn start_consuming(
     conn: &Connection,
+    names: &Names,
     consumer: Consumer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
-    declare_exchange(&channel).await?;
-    declare_consumer_queues(&channel, &consumer).await?;
+    declare_exchange(&channel, names).await?;
+    declare_consumer_queues(&channel, names, &QueueSpec::from(&consumer)).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
+    let names = names.clone();
     let mut deliveries = channel
         .basic_consume(
-            s(&work_queue(consumer.name)),
+            s(&names.work(consumer.name)),
             s(&format!("{}-{}", consumer.name, uuid::Uuid::now_v7())),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -269,7 +326,7 @@ async fn start_consuming(
                     _ => return,
                 },
             };
-            if let Err(err) = handle_delivery(&channel, &consumer, delivery).await {
+            if let Err(err) = handle_delivery(&channel, &names, &consumer, delivery).await {
                 tracing::warn!(
                     consumer = consumer.name,
                     error = format!("{err:#}"),
@@ -281,9 +338,13 @@ async fn start_consuming(
     Ok(())
 }
 
-async fn declare_consumer_queues(channel: &Channel, c: &Consumer) -> anyhow::Result<()> {
-    let work = work_queue(c.name);
-    let dead = dead_queue(c.name);
+async fn declare_consumer_queues(
+    channel: &Channel,
+    names: &Names,
+    c: &QueueSpec,
+) -> anyhow::Result<()> {
+    let work = names.work(c.name);
+    let dead = names.dead(c.name);
     let mut quorum = FieldTable::default();
     quorum.insert(s("x-queue-type"), AMQPValue::LongString("quorum".into()));
     let durable = QueueDeclareOptions {
@@ -314,7 +375,7 @@ async fn declare_consumer_queues(channel: &Channel, c: &Consumer) -> anyhow::Res
         channel
             .queue_bind(
                 s(&work),
-                s(EXCHANGE),
+                s(&names.exchange()),
                 s(binding),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -338,7 +399,7 @@ async fn declare_consumer_queues(channel: &Channel, c: &Consumer) -> anyhow::Res
             AMQPValue::LongString(work.as_str().into()),
         );
         channel
-            .queue_declare(s(&retry_queue(c.name, attempt)), durable, args)
+            .queue_declare(s(&names.retry(c.name, attempt)), durable, args)
             .await?;
     }
     Ok(())
@@ -359,6 +420,7 @@ fn attempt_of(properties: &BasicProperties) -> u32 {
 
 async fn handle_delivery(
     channel: &Channel,
+    names: &Names,
     c: &Consumer,
     delivery: lapin::message::Delivery,
 ) -> anyhow::Result<()> {
@@ -382,11 +444,11 @@ async fn handle_delivery(
             let target = if dead {
                 tracing::error!(consumer = c.name, attempt, error = %err, "event dead-lettered");
                 super::metrics::dead_lettered(c.name);
-                dead_queue(c.name)
+                names.dead(c.name)
             } else {
                 tracing::warn!(consumer = c.name, attempt, error = %err, "event will be retried");
                 super::metrics::retried(c.name);
-                retry_queue(c.name, attempt)
+                names.retry(c.name, attempt)
             };
             let mut headers = FieldTable::default();
             headers.insert(s(ATTEMPT_HEADER), AMQPValue::LongInt(attempt as i32 + 1));
@@ -438,7 +500,7 @@ impl Bus for RabbitBus {
                     .with_headers(headers);
                 let sent = channel
                     .basic_publish(
-                        s(EXCHANGE),
+                        s(&self.names.exchange()),
                         s(&envelope.r#type),
                         BasicPublishOptions::default(),
                         &envelope.encode_to_vec(),
@@ -469,13 +531,15 @@ impl Bus for RabbitBus {
         shutdown: CancellationToken,
     ) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            self.consumers
-                .lock()
-                .expect("consumers lock")
-                .push((consumer, shutdown));
-            // The supervisor starts it on the current connection's next round
-            // and on every reconnect.
-            self.broken.notify_one();
+            let mut consumers = self.consumers.lock().await;
+            consumers
+                .registered
+                .push((consumer.clone(), shutdown.clone()));
+            // Connected already: start now. Otherwise the supervisor starts it
+            // with every consumer when it (re)connects.
+            if let Some(conn) = consumers.connection.clone() {
+                start_consuming(&conn, &self.names, consumer, shutdown).await?;
+            }
             Ok(())
         })
     }
@@ -496,13 +560,16 @@ impl Bus for RabbitBus {
             let conn =
                 Connection::connect(self.url.expose(), ConnectionProperties::default()).await?;
             let channel = conn.create_channel().await?;
-            declare_exchange(&channel).await?;
-            declare_consumer_queues(&channel, consumer).await?;
+            declare_exchange(&channel, &self.names).await?;
+            declare_consumer_queues(&channel, &self.names, &QueueSpec::from(consumer)).await?;
             let mut letters = Vec::new();
             let mut tags = Vec::new();
             // Read without acknowledging, then give everything back untouched.
             while let Some(message) = channel
-                .basic_get(s(&dead_queue(consumer.name)), BasicGetOptions::default())
+                .basic_get(
+                    s(&self.names.dead(consumer.name)),
+                    BasicGetOptions::default(),
+                )
                 .await?
             {
                 let delivery = message.delivery;
@@ -540,21 +607,24 @@ impl Bus for RabbitBus {
             let conn =
                 Connection::connect(self.url.expose(), ConnectionProperties::default()).await?;
             let channel = conn.create_channel().await?;
-            declare_exchange(&channel).await?;
-            declare_consumer_queues(&channel, consumer).await?;
+            declare_exchange(&channel, &self.names).await?;
+            declare_consumer_queues(&channel, &self.names, &QueueSpec::from(consumer)).await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             let mut moved = 0;
             while let Some(message) = channel
-                .basic_get(s(&dead_queue(consumer.name)), BasicGetOptions::default())
+                .basic_get(
+                    s(&self.names.dead(consumer.name)),
+                    BasicGetOptions::default(),
+                )
                 .await?
             {
                 let delivery = message.delivery;
                 let confirm = channel
                     .basic_publish(
                         s(""),
-                        s(&work_queue(consumer.name)),
+                        s(&self.names.work(consumer.name)),
                         BasicPublishOptions::default(),
                         &delivery.data,
                         BasicProperties::default().with_delivery_mode(2),
