@@ -119,11 +119,7 @@ const LIVE_BINDINGS: [&str; 7] = [
 
 /// RabbitMQ when configured; otherwise the in-process bus, which only links
 /// services living in this process.
-async fn start_bus(
-    config: &Config,
-    target: Target,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<dyn Bus>> {
+async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn Bus>> {
     Ok(match &config.amqp_url {
         Some(url) => {
             // Every process declares every consumer's queues, so an event
@@ -142,12 +138,7 @@ async fn start_bus(
             )
             .await
         }
-        None if matches!(target, Target::All | Target::Gateway) => {
-            Arc::new(MemoryBus::new(LIVE_BINDINGS.to_vec()))
-        }
-        None => anyhow::bail!(
-            "--target {target:?} needs AGORA_AMQP_URL: without a broker, events cannot leave this process"
-        ),
+        None => Arc::new(MemoryBus::new(LIVE_BINDINGS.to_vec())),
     })
 }
 
@@ -182,6 +173,11 @@ pub async fn start(
     target: Target,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningApp> {
+    if config.amqp_url.is_none() && !matches!(target, Target::All | Target::Gateway) {
+        anyhow::bail!(
+            "--target {target:?} needs AGORA_AMQP_URL: without a broker, events cannot leave this process"
+        );
+    }
     let mut tasks = JoinSet::new();
 
     let grpc_listener = if target.runs_any_service() {
@@ -200,7 +196,7 @@ pub async fn start(
         &config.jwt_issuer,
         &config.jwt_audience,
     );
-    let bus = start_bus(&config, target, &shutdown).await?;
+    let bus = start_bus(&config, &shutdown).await?;
 
     if let Some(listener) = grpc_listener {
         let mut server = GrpcServer::new().with_bus(bus.clone());
@@ -278,6 +274,30 @@ pub async fn start(
         }
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
         tasks.spawn(server.serve(listener, shutdown.clone()));
+    }
+
+    // The gateway serves `/metrics` for its process; a target without it may
+    // serve them on a port of their own.
+    if let Some(addr) = config.metrics_addr.filter(|_| !target.runs_gateway()) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding metrics on {addr}: {e}"))?;
+        let handle = agora_kit::metrics::install();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { agora_gateway::metrics::exposition(&handle) }
+            }),
+        );
+        let token = shutdown.clone();
+        tracing::info!(%addr, "metrics serving");
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await?;
+            Ok(())
+        });
     }
 
     let mut http_addr = None;

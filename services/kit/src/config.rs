@@ -14,6 +14,7 @@ use crate::net::IpRange;
 
 pub const HTTP_ADDR: &str = "AGORA_HTTP_ADDR";
 pub const GRPC_ADDR: &str = "AGORA_GRPC_ADDR";
+pub const METRICS_ADDR: &str = "AGORA_METRICS_ADDR";
 pub const DATA_DIR: &str = "AGORA_DATA_DIR";
 pub const DATABASE_URL: &str = "AGORA_DATABASE_URL";
 pub const AMQP_URL: &str = "AGORA_AMQP_URL";
@@ -134,6 +135,8 @@ pub enum DatabaseTarget {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where a target without the gateway serves `/metrics`; unset: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub databases: HashMap<ServiceName, DatabaseTarget>,
     /// Explicit upstream URLs; a service without one is reached in this process.
@@ -181,6 +184,8 @@ impl Config {
         let mut errors = Vec::new();
         let http_addr = socket_addr(HTTP_ADDR, get(HTTP_ADDR), "127.0.0.1:8080", &mut errors);
         let grpc_addr = socket_addr(GRPC_ADDR, get(GRPC_ADDR), "127.0.0.1:50051", &mut errors);
+        let metrics_addr = get(METRICS_ADDR)
+            .map(|raw| socket_addr(METRICS_ADDR, Some(raw), "127.0.0.1:9090", &mut errors));
         let data_dir = PathBuf::from(get(DATA_DIR).unwrap_or_else(|| "./data".into()));
 
         // A bad shared URL is one problem, not one per service.
@@ -290,6 +295,7 @@ impl Config {
         Ok(Self {
             http_addr,
             grpc_addr,
+            metrics_addr,
             data_dir,
             databases,
             grpc_urls,
