@@ -264,6 +264,17 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
         },
     )
     .await?;
+    // The kept counts behind `articlesCount` (the post store keeps them in step
+    // with its own writes; bulk rows bypass it).
+    for sql in [
+        "DELETE FROM article_count",
+        "INSERT INTO article_count (scope, n) SELECT '', COUNT(*) FROM article WHERE published = 1",
+        "INSERT INTO article_count (scope, n) SELECT 'tag:' || t.tag, COUNT(*) \
+         FROM article_tag t JOIN article a ON a.id = t.article_id \
+         WHERE a.published = 1 GROUP BY t.tag",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     summary.articles_secs = phase.elapsed().as_secs_f64();
     summary.total_secs = started.elapsed().as_secs_f64();

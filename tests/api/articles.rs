@@ -249,6 +249,19 @@ async fn a_read_after_a_write_is_never_stale(app: TestApp) {
     tags.sort();
     assert_eq!(tags, ["one", "two"]);
     assert_eq!(after_delete.status, 404);
+    let by_tag = app.get("/api/articles?tag=one", None).await;
+    assert_eq!(
+        by_tag.body["articlesCount"], 0,
+        "kept counts follow deletes"
+    );
+    assert_eq!(
+        app.get("/api/tags", None).await.body["tags"],
+        json!(["two"])
+    );
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articlesCount"],
+        1
+    );
 }
 
 async fn author_profiles_are_current(app: TestApp) {

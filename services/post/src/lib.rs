@@ -25,6 +25,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "outbox",
             include_str!("../migrations/sqlite/0002_outbox.sql"),
         ),
+        (
+            3,
+            "article_count",
+            include_str!("../migrations/sqlite/0003_article_count.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -36,6 +41,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             2,
             "outbox",
             include_str!("../migrations/postgres/0002_outbox.sql"),
+        ),
+        (
+            3,
+            "article_count",
+            include_str!("../migrations/postgres/0003_article_count.sql"),
         ),
     ],
 };

@@ -182,6 +182,31 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the published counts of the unfiltered list and of each tag by
+    /// `delta`, inside the caller's transaction. Rows are touched in one order
+    /// ('' first, then tags sorted) so concurrent writers never deadlock.
+    async fn count_published(
+        conn: &mut AnyConnection,
+        tags: &[String],
+        delta: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut scopes = vec![String::new()];
+        let mut tag_scopes: Vec<String> = tags.iter().map(|t| format!("tag:{t}")).collect();
+        tag_scopes.sort();
+        scopes.extend(tag_scopes);
+        for scope in scopes {
+            sqlx::query(
+                "INSERT INTO article_count (scope, n) VALUES ($1, $2) \
+                 ON CONFLICT (scope) DO UPDATE SET n = article_count.n + excluded.n",
+            )
+            .bind(scope)
+            .bind(delta)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Looks up an idempotency key outside any write.
     async fn replay(
         conn: &mut AnyConnection,
@@ -290,6 +315,7 @@ impl Store {
                 .await?;
         }
         if new.published {
+            Self::count_published(&mut tx, &new.tags, 1).await?;
             let event = events::envelope(
                 types::ARTICLE_PUBLISHED,
                 PRODUCER,
@@ -419,6 +445,11 @@ impl Store {
         let mut updated = article(&row)?;
         updated.tags = previous.tags.clone();
         // Drafts make no noise; publishing one is its announcement.
+        match (previous.published, updated.published) {
+            (false, true) => Self::count_published(&mut tx, &updated.tags, 1).await?,
+            (true, false) => Self::count_published(&mut tx, &updated.tags, -1).await?,
+            _ => {}
+        }
         let event = match (previous.published, updated.published) {
             (false, true) => Some(events::envelope(
                 types::ARTICLE_PUBLISHED,
@@ -470,6 +501,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 1 && doomed.published {
+            Self::count_published(&mut tx, &doomed.tags, -1).await?;
             let event = events::envelope(
                 types::ARTICLE_DELETED,
                 PRODUCER,
@@ -597,14 +629,31 @@ impl Store {
         }
         let where_clause = conditions.join(" AND ");
 
-        let count_sql = format!("SELECT COUNT(*) FROM ({}) n", {
-            format!("SELECT a.id {from} WHERE {where_clause}")
-        });
-        let mut count = sqlx::query(AssertSqlSafe(count_sql));
-        for v in &values {
-            count = count.bind(v);
-        }
-        let total: i64 = count.fetch_one(self.db.pool()).await?.try_get(0)?;
+        let kept_count = filter.author_id.is_none()
+            && filter.favorited_by.is_none()
+            && filter.authors_in.is_none();
+        let total: i64 = if kept_count {
+            let scope = filter
+                .tag
+                .as_ref()
+                .map(|t| format!("tag:{t}"))
+                .unwrap_or_default();
+            sqlx::query("SELECT n FROM article_count WHERE scope = $1")
+                .bind(scope)
+                .fetch_optional(self.db.pool())
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?
+                .unwrap_or(0)
+        } else {
+            let count_sql =
+                format!("SELECT COUNT(*) FROM (SELECT a.id {from} WHERE {where_clause}) n");
+            let mut count = sqlx::query(AssertSqlSafe(count_sql));
+            for v in &values {
+                count = count.bind(v);
+            }
+            count.fetch_one(self.db.pool()).await?.try_get(0)?
+        };
 
         let n = values.len();
         let page_sql = format!(
@@ -684,13 +733,16 @@ impl Store {
     /// Every tag on a published article, most used first.
     pub async fn all_tags(&self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query(
-            "SELECT t.tag FROM article_tag t JOIN article a ON a.id = t.article_id \
-             WHERE a.published = 1 GROUP BY t.tag ORDER BY COUNT(*) DESC, t.tag LIMIT 1000",
+            "SELECT scope FROM article_count WHERE scope LIKE 'tag:%' AND n > 0 \
+             ORDER BY n DESC, scope LIMIT 1000",
         )
         .fetch_all(self.db.pool())
         .await?
         .iter()
-        .map(|row| row.try_get(0))
+        .map(|row| {
+            let scope: String = row.try_get(0)?;
+            Ok(scope.strip_prefix("tag:").unwrap_or(&scope).to_owned())
+        })
         .collect()
     }
 
