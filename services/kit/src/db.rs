@@ -187,3 +187,11 @@ pub fn timestamp(micros: i64) -> prost_types::Timestamp {
         nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
     }
 }
+
+/// `$first, $first+1, …` for an `IN` list of `count` values.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

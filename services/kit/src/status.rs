@@ -52,6 +52,27 @@ fn with_violations(code: Code, violations: Vec<FieldViolation>) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// Conduit-style paging: `limit` 1..=100 (20 when unset), `offset` ≥ 0; both
+/// problems reported at once as field violations.
+pub fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
+    let mut violations = Vec::new();
+    let limit = match limit {
+        0 => 20,
+        1..=100 => limit,
+        _ => {
+            violations.push(FieldViolation::new("limit", "must be between 1 and 100"));
+            20
+        }
+    };
+    if offset < 0 {
+        violations.push(FieldViolation::new("offset", "must not be negative"));
+    }
+    if !violations.is_empty() {
+        return Err(invalid(violations));
+    }
+    Ok((i64::from(limit), i64::from(offset)))
+}
+
 /// UNAUTHENTICATED with a reason safe to show.
 pub fn unauthenticated(reason: &str) -> Status {
     Status::unauthenticated(reason.to_owned())
@@ -98,6 +119,15 @@ mod tests {
             fields,
             [("email", "can't be blank"), ("password", "is too short")]
         );
+    }
+
+    #[test]
+    fn paging_has_defaults_and_reports_both_bounds() {
+        assert_eq!(page(0, 0).unwrap(), (20, 0));
+        assert_eq!(page(100, 5).unwrap(), (100, 5));
+        let err = page(101, -1).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("limit") && err.message().contains("offset"));
     }
 
     #[test]

@@ -56,26 +56,6 @@ impl NotificationApi {
     }
 }
 
-/// Conduit paging: `limit` 1..=100 (20 when unset), `offset` ≥ 0.
-fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
-    let mut violations = Vec::new();
-    let limit = match limit {
-        0 => 20,
-        1..=100 => limit,
-        _ => {
-            violations.push(FieldViolation::new("limit", "must be between 1 and 100"));
-            20
-        }
-    };
-    if offset < 0 {
-        violations.push(FieldViolation::new("offset", "must not be negative"));
-    }
-    if !violations.is_empty() {
-        return Err(status::invalid(violations));
-    }
-    Ok((i64::from(limit), i64::from(offset)))
-}
-
 /// Notification ids are UUIDs; anything else cannot name one.
 fn is_notification_id(raw: &str) -> bool {
     uuid::Uuid::try_parse(raw).is_ok()
@@ -90,7 +70,7 @@ impl NotificationService for NotificationApi {
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let caller = self.verifier.require(&request).await?;
         let req = request.into_inner();
-        let (limit, offset) = page(req.limit, req.offset)?;
+        let (limit, offset) = status::page(req.limit, req.offset)?;
         let (rows, unread) = self
             .store
             .page(&caller.user_id, limit, offset)
@@ -255,15 +235,6 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paging_defaults_and_bounds() {
-        assert_eq!(page(0, 0).unwrap(), (20, 0));
-        assert_eq!(page(100, 5).unwrap(), (100, 5));
-        let err = page(101, -1).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().contains("limit") && err.message().contains("offset"));
-    }
 
     #[test]
     fn recent_ids_pass_once_and_old_ones_are_forgotten() {

@@ -60,14 +60,6 @@ fn notification(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
     })
 }
 
-/// `$from, $from+1, …` for an IN list of `n` values.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Reads and writes the API needs.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -147,7 +139,7 @@ impl Store {
         }
         let sql = format!(
             "UPDATE notification SET read = 1 WHERE user_id = $1 AND read = 0 AND id IN ({})",
-            placeholders(2, ids.len())
+            agora_kit::db::placeholders(2, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
         for id in ids {

@@ -165,7 +165,7 @@ impl PostApi {
         offset: i32,
         viewer: Option<&Principal>,
     ) -> Result<(Vec<pb::Article>, i32), Status> {
-        let (limit, offset) = page(limit, offset)?;
+        let (limit, offset) = status::page(limit, offset)?;
         let (rows, total) = self
             .store
             .list_articles(&filter, limit, offset)
@@ -180,26 +180,6 @@ impl PostApi {
 
 fn not_found_article() -> Status {
     Status::not_found("no such article")
-}
-
-/// Conduit paging: `limit` 1..=100 (20 when unset), `offset` ≥ 0.
-fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
-    let mut violations = Vec::new();
-    let limit = match limit {
-        0 => 20,
-        1..=100 => limit,
-        _ => {
-            violations.push(FieldViolation::new("limit", "must be between 1 and 100"));
-            20
-        }
-    };
-    if offset < 0 {
-        violations.push(FieldViolation::new("offset", "must not be negative"));
-    }
-    if !violations.is_empty() {
-        return Err(status::invalid(violations));
-    }
-    Ok((i64::from(limit), i64::from(offset)))
 }
 
 fn to_article(a: &ArticleRow, author: Option<pb::Author>, favorited: bool) -> pb::Article {
@@ -305,7 +285,7 @@ impl PostService for PostApi {
                 match self.authors.id_of(username).await? {
                     Some(id) => *slot = Some(id),
                     None => {
-                        page(req.limit, req.offset)?;
+                        status::page(req.limit, req.offset)?;
                         return Ok(Response::new(pb::ListArticlesResponse::default()));
                     }
                 }

@@ -152,14 +152,6 @@ fn comment(row: &AnyRow) -> Result<CommentRow, sqlx::Error> {
     })
 }
 
-/// `$first, $first+1, ...` for `count` values.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
@@ -173,13 +165,6 @@ const PRODUCER: &str = "post";
 impl Store {
     pub fn new(db: Db, wake: Wake) -> Self {
         Self { db, wake }
-    }
-
-    /// Commits `tx` and tells the relay there is something to publish.
-    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
-        self.wake.notify_one();
-        Ok(())
     }
 
     /// Moves the published counts of the unfiltered list and of each tag by
@@ -338,7 +323,7 @@ impl Store {
                 .unwrap_or(Written::Conflict)
                 .map_never());
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(Written::New(ArticleRow {
             id,
             slug: slug.to_owned(),
@@ -481,7 +466,7 @@ impl Store {
         if let Some(event) = event {
             outbox::enqueue(&mut tx, &event).await?;
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(Some(updated))
     }
 
@@ -513,7 +498,7 @@ impl Store {
             );
             outbox::enqueue(&mut tx, &event).await?;
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -550,7 +535,7 @@ impl Store {
                 outbox::enqueue(&mut tx, &event).await?;
             }
         }
-        self.commit(tx).await
+        outbox::commit(tx, &self.wake).await
     }
 
     /// Removes a favorite and lowers the count in one transaction.
@@ -584,7 +569,7 @@ impl Store {
                 outbox::enqueue(&mut tx, &event).await?;
             }
         }
-        self.commit(tx).await
+        outbox::commit(tx, &self.wake).await
     }
 
     /// One page of published articles, newest first, and how many match in all.
@@ -624,7 +609,7 @@ impl Store {
             values.extend(authors.iter().cloned());
             conditions.push(format!(
                 "a.author_id IN ({})",
-                placeholders(first, authors.len())
+                agora_kit::db::placeholders(first, authors.len())
             ));
         }
         let where_clause = conditions.join(" AND ");
@@ -691,7 +676,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT article_id, tag FROM article_tag WHERE article_id IN ({}) ORDER BY tag",
-            placeholders(1, ids.len())
+            agora_kit::db::placeholders(1, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in ids {
@@ -716,7 +701,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT article_id FROM favorite WHERE user_id = $1 AND article_id IN ({})",
-            placeholders(2, ids.len())
+            agora_kit::db::placeholders(2, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
         for id in ids {
@@ -800,7 +785,7 @@ impl Store {
                 .unwrap_or(Written::Conflict)
                 .map_never());
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(Written::New(CommentRow {
             id,
             article_id: article_id.to_owned(),
@@ -855,7 +840,7 @@ impl Store {
             );
             outbox::enqueue(&mut tx, &event).await?;
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(done.rows_affected() == 1)
     }
 }

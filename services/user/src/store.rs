@@ -96,13 +96,6 @@ impl Store {
         Self { db, wake }
     }
 
-    /// Commits `tx` and tells the relay there is something to publish.
-    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
-        self.wake.notify_one();
-        Ok(())
-    }
-
     #[tracing::instrument(skip_all, err)]
     pub async fn insert_account(&self, new: NewAccount<'_>) -> Result<AccountRow, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
@@ -131,7 +124,7 @@ impl Store {
             },
         );
         outbox::enqueue(&mut tx, &event).await?;
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(AccountRow {
             id,
             email: new.email.to_owned(),
@@ -244,7 +237,7 @@ impl Store {
             },
         );
         outbox::enqueue(&mut tx, &event).await?;
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(Some(updated))
     }
 
@@ -273,7 +266,7 @@ impl Store {
             );
             outbox::enqueue(&mut tx, &event).await?;
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(changed)
     }
 
@@ -297,7 +290,7 @@ impl Store {
             );
             outbox::enqueue(&mut tx, &event).await?;
         }
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(changed)
     }
 
@@ -317,7 +310,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT {COLUMNS} FROM account WHERE id IN ({})",
-            placeholders(1, ids.len())
+            agora_kit::db::placeholders(1, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in ids {
@@ -342,7 +335,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT followee_id FROM follow WHERE follower_id = $1 AND followee_id IN ({})",
-            placeholders(2, ids.len())
+            agora_kit::db::placeholders(2, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(follower);
         for id in ids {
@@ -363,7 +356,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT username, id FROM account WHERE username IN ({})",
-            placeholders(1, usernames.len())
+            agora_kit::db::placeholders(1, usernames.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for username in usernames {
@@ -467,7 +460,7 @@ impl Store {
             },
         );
         outbox::enqueue(&mut tx, &event).await?;
-        self.commit(tx).await?;
+        outbox::commit(tx, &self.wake).await?;
         Ok(true)
     }
 }
@@ -477,12 +470,4 @@ impl Store {
 pub enum RoleKey<'a> {
     Username(&'a str),
     Email(&'a str),
-}
-
-/// `$first, $first+1, ...` for `count` values.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

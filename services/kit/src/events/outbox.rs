@@ -22,3 +22,14 @@ pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<()
         .await?;
     Ok(())
 }
+
+/// Commits a transaction that wrote outbox rows and wakes the relay, so the
+/// events go out now rather than at the next sweep.
+pub async fn commit(
+    tx: sqlx::Transaction<'_, sqlx::Any>,
+    wake: &super::relay::Wake,
+) -> Result<(), sqlx::Error> {
+    tx.commit().await?;
+    wake.notify_one();
+    Ok(())
+}
