@@ -65,6 +65,9 @@ pub struct RunningApp {
     pub grpc_addr: Option<SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    /// Closes the bus only after everything else stopped, so the relays' last
+    /// round and in-flight deliveries still have a connection.
+    bus_shutdown: CancellationToken,
 }
 
 impl RunningApp {
@@ -80,6 +83,7 @@ impl RunningApp {
                 }
             }
         }
+        self.bus_shutdown.cancel();
         result
     }
 }
@@ -196,7 +200,8 @@ pub async fn start(
         &config.jwt_issuer,
         &config.jwt_audience,
     );
-    let bus = start_bus(&config, &shutdown).await?;
+    let bus_shutdown = CancellationToken::new();
+    let bus = start_bus(&config, &bus_shutdown).await?;
 
     if let Some(listener) = grpc_listener {
         let mut server = GrpcServer::new().with_bus(bus.clone());
@@ -331,5 +336,6 @@ pub async fn start(
         grpc_addr,
         tasks,
         shutdown,
+        bus_shutdown,
     })
 }
