@@ -46,6 +46,10 @@ seed N="1000" *ARGS:
 bench *SIZES:
     scripts/bench.sh {{SIZES}}
 
+# Event throughput (commit → notification stored) and commit → SSE latency on RabbitMQ and PostgreSQL (docs/bench.md).
+bench-events *ARGS:
+    python3 scripts/bench-events.py {{ARGS}}
+
 # Format check, clippy with warnings as errors, buf lint of the protos.
 lint:
     cargo fmt --all -- --check

@@ -60,7 +60,10 @@ impl Rest {
         }
 
         let body = if route.body == BodyRule::None {
-            // The rule takes no body, so none is read: nothing to parse, nothing to limit.
+            // The rule takes no body, but a client may send one anyway (Conduit
+            // clients send `{}` to follow): it is read and dropped, because a body
+            // left unread on the socket breaks the connection's next request.
+            read_body(body, self.body_limit).await?;
             Bytes::new()
         } else {
             let body = read_body(body, self.body_limit).await?;

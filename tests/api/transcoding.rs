@@ -126,3 +126,47 @@ async fn health_readiness_and_openapi_are_served() {
     assert!(openapi.body["paths"]["/api/users/login"]["post"].is_object());
     assert!(openapi.body["paths"]["/api/profiles/{username}"]["get"].is_object());
 }
+
+#[tokio::test]
+async fn a_body_sent_to_a_route_without_one_leaves_the_connection_usable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app().await;
+    let mut socket = tokio::net::TcpStream::connect(app.http).await.unwrap();
+
+    // Headers first, the body a moment later: as clients that write them apart do.
+    socket
+        .write_all(
+            b"POST /api/profiles/nobody/follow HTTP/1.1\r\nhost: agora\r\n\
+              content-type: application/json\r\ncontent-length: 2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    socket.write_all(b"{}").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: agora\r\n\r\n")
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("HTTP/1.1 200") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+
+    let text = String::from_utf8_lossy(&seen);
+    assert!(read.is_ok(), "timed out: {text}");
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 200"),
+        "the second request was answered: {text}"
+    );
+}
