@@ -16,6 +16,7 @@ crate::on_every_bus!(
     notifications_are_marked_read_one_by_one_or_all_at_once,
     preferences_turn_a_kind_off,
     a_new_notification_arrives_live_over_server_sent_events,
+    a_new_notification_arrives_live_over_grpc,
 );
 
 /// Polls the caller's notifications until `unread` have arrived (events are
@@ -218,4 +219,36 @@ async fn a_new_notification_arrives_live_over_server_sent_events(app: TestApp) {
         .unwrap();
     assert_eq!(event["notification"]["actor"], "fan");
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+async fn a_new_notification_arrives_live_over_grpc(app: TestApp) {
+    use agora_proto::notification::v1::SubscribeRequest;
+    use agora_proto::notification::v1::notification_service_client::NotificationServiceClient;
+
+    let author = app.signed_up("author").await;
+    let fan = app.signed_up("fan").await;
+    let mut client = NotificationServiceClient::connect(app.grpc_url())
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(SubscribeRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", author.token).parse().unwrap(),
+    );
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+
+    app.post("/api/profiles/author/follow", Some(&fan.token), json!({}))
+        .await;
+
+    let got = tokio::time::timeout(Duration::from_secs(1), stream.message())
+        .await
+        .expect("the notification arrives live within a second")
+        .unwrap()
+        .expect("the stream is open");
+    let notification = got.notification.unwrap();
+    assert_eq!(notification.actor, "fan");
+    assert_eq!(
+        notification.kind,
+        agora_proto::notification::v1::NotificationKind::Followed as i32
+    );
 }
