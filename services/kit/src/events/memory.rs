@@ -14,6 +14,7 @@ use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::bus::{BoxFuture, DeadLetter};
 use super::{Bus, Consumer, Envelope, HandleError, topic_matches};
@@ -209,7 +210,8 @@ async fn deliver_due(c: &Consumer) -> Result<usize, sqlx::Error> {
         let attempts = row.try_get::<i64, _>(2)? as u32 + 1;
         let outcome = match Envelope::decode(bytes.as_slice()) {
             Ok(envelope) => {
-                let outcome = c.handler.handle(&envelope).await;
+                let span = super::handling_span(c.name, &envelope);
+                let outcome = c.handler.handle(&envelope).instrument(span).await;
                 if outcome.is_ok() {
                     super::metrics::handled(c.name, &envelope);
                 }

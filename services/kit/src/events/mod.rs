@@ -43,12 +43,45 @@ pub fn envelope<M: Message + Name>(event_type: &str, producer: &str, payload: &M
         r#type: event_type.to_owned(),
         occurred_at: Some(crate::db::timestamp(now)),
         producer: producer.to_owned(),
-        trace_context: Default::default(),
+        trace_context: current_trace_context(),
         payload: Some(prost_types::Any {
             type_url: M::type_url(),
             value: payload.encode_to_vec(),
         }),
     }
+}
+
+/// The current span's W3C trace context, so the consumer's work joins the trace
+/// of the request that caused the event.
+fn current_trace_context() -> std::collections::HashMap<String, String> {
+    let mut headers = http::HeaderMap::new();
+    crate::trace_context::inject(&tracing::Span::current(), &mut headers);
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
+}
+
+/// A span for handling `envelope` in `consumer`, a child of the trace that
+/// produced it.
+pub(crate) fn handling_span(consumer: &'static str, envelope: &Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event",
+        consumer,
+        event_type = %envelope.r#type,
+        event_id = %envelope.id
+    );
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &envelope.trace_context {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    crate::trace_context::set_parent_from(&span, &headers);
+    span
 }
 
 /// The payload of an envelope as `M`; a mismatch is a poison message.
@@ -108,6 +141,24 @@ mod tests {
             payload::<UserRegistered>(&env),
             Err(HandleError::Poison(_))
         ));
+    }
+
+    #[test]
+    fn an_event_carries_its_producers_trace_to_the_consumer_span() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let trace_of = |span: &tracing::Span| span.context().span().span_context().trace_id();
+
+        tracing::subscriber::with_default(crate::trace_context::test_subscriber(), || {
+            let request = tracing::info_span!("request");
+            let env = request
+                .in_scope(|| envelope(types::USER_FOLLOWED, "user", &UserFollowed::default()));
+            assert!(env.trace_context.contains_key("traceparent"), "{env:?}");
+
+            let handling = handling_span("test", &env);
+
+            assert_eq!(trace_of(&handling), trace_of(&request));
+        });
     }
 
     #[test]

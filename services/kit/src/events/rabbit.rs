@@ -30,6 +30,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use prost::Message;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::bus::{BoxFuture, DeadLetter};
 use super::{Bus, Consumer, Envelope, HandleError};
@@ -427,7 +428,8 @@ async fn handle_delivery(
     let attempt = attempt_of(&delivery.properties);
     let outcome = match Envelope::decode(delivery.data.as_slice()) {
         Ok(envelope) => {
-            let outcome = c.handler.handle(&envelope).await;
+            let span = super::handling_span(c.name, &envelope);
+            let outcome = c.handler.handle(&envelope).instrument(span).await;
             if outcome.is_ok() {
                 super::metrics::handled(c.name, &envelope);
             }
