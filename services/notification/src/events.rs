@@ -320,9 +320,9 @@ impl Effect<'_> {
             created_at: self.now,
         };
         let rows = store::fan_out_to_followers(self.conn, self.db.backend(), &new).await?;
-        for row in &rows {
-            self.announce(row).await?;
-        }
+        let envelopes: Vec<_> = rows.iter().map(created_event).collect();
+        outbox::enqueue_many(self.conn, &envelopes).await?;
+        self.announced += envelopes.len();
         for (follower, schedule) in
             store::email_followers(self.conn, &e.author_id, Kind::ArticlePublished).await?
         {
@@ -338,15 +338,7 @@ impl Effect<'_> {
 
     /// `notification.created` in the outbox, for every replica's live streams.
     async fn announce(&mut self, row: &NotificationRow) -> Result<(), EffectError> {
-        let envelope = events::envelope(
-            types::NOTIFICATION_CREATED,
-            PRODUCER,
-            &ev::NotificationCreated {
-                user_id: row.user_id.clone(),
-                notification: Some(row.to_proto()),
-            },
-        );
-        outbox::enqueue(self.conn, &envelope).await?;
+        outbox::enqueue(self.conn, &created_event(row)).await?;
         self.announced += 1;
         Ok(())
     }
@@ -391,4 +383,17 @@ impl Effect<'_> {
         self.emails += 1;
         Ok(())
     }
+}
+
+/// `notification.created` for a stored notification: every replica's live
+/// streams forward it to the recipient.
+fn created_event(row: &NotificationRow) -> events::Envelope {
+    events::envelope(
+        types::NOTIFICATION_CREATED,
+        PRODUCER,
+        &ev::NotificationCreated {
+            user_id: row.user_id.clone(),
+            notification: Some(row.to_proto()),
+        },
+    )
 }

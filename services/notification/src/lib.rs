@@ -115,6 +115,10 @@ pub async fn start(
         tokio::spawn(worker.run(email_wake.clone(), shutdown.clone())),
         tokio::spawn(digest.run(shutdown.clone())),
         tokio::spawn(live::run_live_fanout(hub.clone(), live, shutdown.clone())),
+        tokio::spawn(agora_kit::events::inbox::prune_forever(
+            db.clone(),
+            shutdown.clone(),
+        )),
     ];
 
     Ok(NotificationParts {

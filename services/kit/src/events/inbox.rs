@@ -26,3 +26,29 @@ pub async fn claim(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// How long handled event ids are remembered. Redelivery comes within minutes
+/// (retries) or not at all (a dead letter was never handled, so it has no row).
+pub const KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Forgets handled event ids older than [`KEEP`], every hour until `shutdown`.
+pub async fn prune_forever(db: crate::db::Db, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let before = crate::db::now_micros() - KEEP.as_micros() as i64;
+        match sqlx::query("DELETE FROM inbox WHERE handled_at < $1")
+            .bind(before)
+            .execute(db.pool())
+            .await
+        {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(forgotten = done.rows_affected(), "inbox pruned")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "inbox pruning failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
+}

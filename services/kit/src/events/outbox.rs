@@ -23,6 +23,40 @@ pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<()
     Ok(())
 }
 
+/// Adds many envelopes in few statements (fan-outs write hundreds at once).
+pub async fn enqueue_many(
+    conn: &mut AnyConnection,
+    envelopes: &[Envelope],
+) -> Result<(), sqlx::Error> {
+    // 4 values a row; 500 rows keep each statement far below bind-parameter limits.
+    for chunk in envelopes.chunks(500) {
+        let rows = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * i + 1,
+                    4 * i + 2,
+                    4 * i + 3,
+                    4 * i + 4
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("INSERT INTO outbox (id, type, envelope, created_at) VALUES {rows}");
+        let now = crate::db::now_micros();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for envelope in chunk {
+            query = query
+                .bind(envelope.id.clone())
+                .bind(envelope.r#type.clone())
+                .bind(envelope.encode_to_vec())
+                .bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Commits a transaction that wrote outbox rows and wakes the relay, so the
 /// events go out now rather than at the next sweep.
 pub async fn commit(
