@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -77,41 +77,70 @@ pub async fn run(
 
 /// Publishes one batch of unsent rows; how many went out.
 pub async fn relay_once(service: &'static str, db: &Db, bus: &dyn Bus) -> anyhow::Result<usize> {
-    let lock = match db.backend() {
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
+    let started = std::time::Instant::now();
+    let sent = match db.backend() {
+        // The rows stay locked while they are published, so replicas relaying the
+        // same outbox never publish one row at the same time.
+        Backend::Postgres => {
+            let mut tx = db.pool().begin().await?;
+            let (ids, batch) = unsent(&mut tx, " FOR UPDATE SKIP LOCKED").await?;
+            if !ids.is_empty() {
+                bus.publish(&batch).await?;
+                mark_sent(&mut tx, &ids).await?;
+            }
+            tx.commit().await?;
+            ids.len()
+        }
+        // One process and one connection: holding it while publishing would block
+        // the in-process bus whenever a consumer's queue lives in this database.
+        Backend::Sqlite => {
+            let (ids, batch) = unsent(&mut *db.pool().acquire().await?, "").await?;
+            if !ids.is_empty() {
+                bus.publish(&batch).await?;
+                mark_sent(&mut *db.pool().acquire().await?, &ids).await?;
+            }
+            ids.len()
+        }
     };
-    let mut tx = db.pool().begin().await?;
+    if sent > 0 {
+        super::metrics::published(service, sent, started.elapsed());
+        tracing::debug!(service, events = sent, "outbox relayed");
+    }
+    Ok(sent)
+}
+
+/// The oldest unsent rows: their ids and envelopes.
+async fn unsent(
+    conn: &mut AnyConnection,
+    lock: &'static str,
+) -> anyhow::Result<(Vec<String>, Vec<Envelope>)> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT id, envelope FROM outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT {BATCH}{lock}"
     )))
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let mut ids = Vec::with_capacity(rows.len());
     let mut batch = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: String = row.try_get(0)?;
+        ids.push(row.try_get::<String, _>(0)?);
         let bytes: Vec<u8> = row.try_get(1)?;
         batch.push(Envelope::decode(bytes.as_slice())?);
-        ids.push(id);
     }
-    let started = std::time::Instant::now();
-    bus.publish(&batch).await?;
-    let now = now_micros();
-    for id in &ids {
-        sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+    Ok((ids, batch))
+}
+
+/// Marks rows sent in one statement.
+async fn mark_sent(conn: &mut AnyConnection, ids: &[String]) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+        crate::db::placeholders(2, ids.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_micros());
+    for id in ids {
+        query = query.bind(id);
     }
-    tx.commit().await?;
-    super::metrics::published(service, ids.len(), started.elapsed());
-    tracing::debug!(service, events = ids.len(), "outbox relayed");
-    Ok(ids.len())
+    query.execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Events not yet published: the outbox depth.
