@@ -128,11 +128,18 @@ async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Res
         Some(url) => {
             // Every process declares every consumer's queues, so an event
             // published before its consumer first ran still waits for it.
-            let topology = vec![QueueSpec {
-                name: agora_notification::CONSUMER,
-                bindings: agora_notification::bindings(),
-                retry: RetryPolicy::default(),
-            }];
+            let topology = vec![
+                QueueSpec {
+                    name: agora_notification::CONSUMER,
+                    bindings: agora_notification::bindings(),
+                    retry: RetryPolicy::default(),
+                },
+                QueueSpec {
+                    name: agora_post::events::CONSUMER,
+                    bindings: agora_post::events::bindings(),
+                    retry: RetryPolicy::default(),
+                },
+            ];
             RabbitBus::start(
                 url.clone(),
                 &config.amqp_namespace,
@@ -148,14 +155,20 @@ async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Res
 
 /// Starts the outbox relay of a producing service; the store pokes the returned
 /// handle after each commit that wrote events.
+///
+/// Relays begin once `consumers_ready` is cancelled: the in-process bus delivers
+/// only to consumers registered when an event is published, and a restart may
+/// find unsent rows waiting.
 fn relay(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     service: ServiceName,
     db: &agora_kit::db::Db,
     bus: &Arc<dyn Bus>,
+    consumers_ready: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Wake {
     let wake = Wake::default();
+    let ready = consumers_ready.clone();
     let run = agora_kit::events::relay::run(
         service.as_str(),
         db.clone(),
@@ -164,6 +177,7 @@ fn relay(
         shutdown.clone(),
     );
     tasks.spawn(async move {
+        ready.cancelled().await;
         run.await;
         Ok(())
     });
@@ -202,14 +216,20 @@ pub async fn start(
     );
     let bus_shutdown = CancellationToken::new();
     let bus = start_bus(&config, &bus_shutdown).await?;
+    let consumers_ready = CancellationToken::new();
 
     if let Some(listener) = grpc_listener {
         let mut server = GrpcServer::new().with_bus(bus.clone());
-        // Consumers first: the in-process bus delivers only to consumers
-        // registered when an event is published.
         if target.runs(ServiceName::Notification) {
             let db = open_db(&config, ServiceName::Notification).await?;
-            let wake = relay(&mut tasks, ServiceName::Notification, &db, &bus, &shutdown);
+            let wake = relay(
+                &mut tasks,
+                ServiceName::Notification,
+                &db,
+                &bus,
+                &consumers_ready,
+                &shutdown,
+            );
             let parts = agora_notification::start(
                 db.clone(),
                 notification_config.clone(),
@@ -226,7 +246,14 @@ pub async fn start(
         }
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
-            let wake = relay(&mut tasks, ServiceName::User, &db, &bus, &shutdown);
+            let wake = relay(
+                &mut tasks,
+                ServiceName::User,
+                &db,
+                &bus,
+                &consumers_ready,
+                &shutdown,
+            );
             let (public, internal) = agora_user::api::services(
                 agora_user::store::Store::new(db.clone(), wake),
                 agora_user::password::Hasher::new(config.password_hash_concurrency),
@@ -267,9 +294,20 @@ pub async fn start(
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
-            let wake = relay(&mut tasks, ServiceName::Post, &db, &bus, &shutdown);
+            let wake = relay(
+                &mut tasks,
+                ServiceName::Post,
+                &db,
+                &bus,
+                &consumers_ready,
+                &shutdown,
+            );
+            let store = agora_post::store::Store::new(db.clone(), wake);
+            let handler = Arc::new(agora_post::events::EventHandler::new(store.clone()));
+            bus.start_consumer(handler.consumer(db.clone()), shutdown.clone())
+                .await?;
             let api = agora_post::PostApi::new(
-                agora_post::store::Store::new(db.clone(), wake),
+                store,
                 agora_post::authors::Authors::new(upstreams.user.clone()),
                 verifier.clone(),
                 bus.live(),
@@ -277,6 +315,7 @@ pub async fn start(
             );
             server = server.register_with_db(PostServiceServer::new(api), db);
         }
+        consumers_ready.cancel();
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
         tasks.spawn(server.serve(listener, shutdown.clone()));
     }

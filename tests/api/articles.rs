@@ -19,6 +19,8 @@ crate::on_both_backends!(
     bad_paging_and_bad_articles_are_422,
 );
 
+crate::on_every_bus!(a_deleted_accounts_articles_comments_and_favorites_go_with_it);
+
 async fn a_new_article_answers_201_with_sorted_tags_and_its_author(app: TestApp) {
     let jake = app.signed_up("jake").await;
 
@@ -385,4 +387,71 @@ async fn bad_paging_and_bad_articles_are_422(app: TestApp) {
         );
     }
     assert_eq!(anonymous.status, 401);
+}
+
+/// Polls until `check` holds: account deletion reaches the post service as an event.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn a_deleted_accounts_articles_comments_and_favorites_go_with_it(app: TestApp) {
+    let root = app.signed_up("root").await;
+    let leaver = app.signed_up("leaver").await;
+    let stayer = app.signed_up("stayer").await;
+    let theirs = app.article(&leaver.token, "Leaving soon", &["bye"]).await;
+    let mine = app.article(&stayer.token, "Staying", &["hi"]).await;
+    app.post(
+        &format!("/api/articles/{mine}/comments"),
+        Some(&leaver.token),
+        json!({"comment": {"body": "so long"}}),
+    )
+    .await;
+    app.post(
+        &format!("/api/articles/{mine}/favorite"),
+        Some(&leaver.token),
+        json!({}),
+    )
+    .await;
+
+    // Cached before the deletion: the cache must still not serve the old count.
+    let cached = app.get(&format!("/api/articles/{mine}"), None).await;
+    assert_eq!(cached.body["article"]["favoritesCount"], 1);
+    let deleted = app
+        .delete("/api/admin/users/leaver", Some(&root.token))
+        .await;
+    assert_eq!(deleted.status, 204, "{:?}", deleted.body);
+
+    eventually("the leaver's article to go", async || {
+        app.get(&format!("/api/articles/{theirs}"), None)
+            .await
+            .status
+            == 404
+    })
+    .await;
+    eventually("the leaver's comment and favorite to go", async || {
+        let comments = app
+            .get(&format!("/api/articles/{mine}/comments"), None)
+            .await;
+        let article = app.get(&format!("/api/articles/{mine}"), None).await;
+        comments.body["comments"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && article.body["article"]["favoritesCount"] == 0
+    })
+    .await;
+    assert_eq!(
+        app.get("/api/articles", None).await.body["articlesCount"],
+        1
+    );
+    assert_eq!(
+        app.get("/api/articles?tag=bye", None).await.body["articlesCount"],
+        0
+    );
+    assert_eq!(app.get("/api/tags", None).await.body["tags"], json!(["hi"]));
 }

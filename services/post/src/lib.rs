@@ -5,6 +5,7 @@ pub mod api;
 pub mod authors;
 pub mod cache;
 pub mod domain;
+pub mod events;
 pub mod live;
 pub mod store;
 
@@ -30,6 +31,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "article_count",
             include_str!("../migrations/sqlite/0003_article_count.sql"),
         ),
+        (
+            4,
+            "inbox",
+            include_str!("../migrations/sqlite/0004_inbox.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -46,6 +52,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             3,
             "article_count",
             include_str!("../migrations/postgres/0003_article_count.sql"),
+        ),
+        (
+            4,
+            "inbox",
+            include_str!("../migrations/postgres/0004_inbox.sql"),
         ),
     ],
 };

@@ -845,6 +845,132 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Removes everything of a deleted account in one transaction, once per
+    /// event: its articles (with their tags, favorites and comments), its
+    /// comments elsewhere and its favorites, keeping counts in step and announcing
+    /// each deleted article and comment. False when the event was handled before.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn forget_account(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        user_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        if !events::inbox::claim(&mut tx, consumer, event_id).await? {
+            return Ok(false);
+        }
+        let own: Vec<(String, String, bool)> =
+            sqlx::query("SELECT id, slug, published FROM article WHERE author_id = $1")
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get::<i64, _>(2)? != 0,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+        for (id, slug, published) in &own {
+            if !published {
+                continue;
+            }
+            let tags: Vec<String> =
+                sqlx::query("SELECT tag FROM article_tag WHERE article_id = $1")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<_, _>>()?;
+            Self::count_published(&mut tx, &tags, -1).await?;
+            let event = events::envelope(
+                types::ARTICLE_DELETED,
+                PRODUCER,
+                &ev::ArticleDeleted {
+                    article_id: id.clone(),
+                    slug: slug.clone(),
+                    author_id: user_id.to_owned(),
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        for sql in [
+            "DELETE FROM article_tag WHERE article_id IN (SELECT id FROM article WHERE author_id = $1)",
+            "DELETE FROM favorite WHERE article_id IN (SELECT id FROM article WHERE author_id = $1)",
+            "DELETE FROM comment WHERE article_id IN (SELECT id FROM article WHERE author_id = $1)",
+            "DELETE FROM article WHERE author_id = $1",
+        ] {
+            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+        }
+        let comments = sqlx::query(
+            "SELECT c.id, c.article_id, a.slug, a.published FROM comment c \
+             JOIN article a ON a.id = c.article_id WHERE c.author_id = $1",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &comments {
+            if row.try_get::<i64, _>(3)? == 0 {
+                continue;
+            }
+            let event = events::envelope(
+                types::COMMENT_DELETED,
+                PRODUCER,
+                &ev::CommentDeleted {
+                    comment_id: row.try_get(0)?,
+                    article_id: row.try_get(1)?,
+                    slug: row.try_get(2)?,
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        sqlx::query("DELETE FROM comment WHERE author_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        // Announced so every replica drops the cached counts.
+        let favorites = sqlx::query(
+            "SELECT a.id, a.slug, a.author_id FROM favorite f \
+             JOIN article a ON a.id = f.article_id WHERE f.user_id = $1 AND a.published = 1",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &favorites {
+            let event = events::envelope(
+                types::ARTICLE_UNFAVORITED,
+                PRODUCER,
+                &ev::ArticleUnfavorited {
+                    article_id: row.try_get(0)?,
+                    slug: row.try_get(1)?,
+                    user_id: user_id.to_owned(),
+                    article_author_id: row.try_get(2)?,
+                },
+            );
+            outbox::enqueue(&mut tx, &event).await?;
+        }
+        sqlx::query(
+            "UPDATE article SET favorites_count = favorites_count - 1 \
+             WHERE favorites_count > 0 AND id IN (SELECT article_id FROM favorite WHERE user_id = $1)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM favorite WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        outbox::commit(tx, &self.wake).await?;
+        tracing::info!(%user_id, articles = own.len(), comments = comments.len(), "deleted account's content removed");
+        Ok(true)
+    }
+}
+
 impl Written<()> {
     /// A replay or conflict found by a key check, as the caller's result type.
     fn map_never<T>(self) -> Written<T> {
