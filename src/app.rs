@@ -242,7 +242,7 @@ pub async fn start(
             .await?;
             bus.start_consumer(parts.consumer(), shutdown.clone())
                 .await?;
-            server = server.register_with_db(NotificationServiceServer::new(parts.api), db);
+            server = server.register(NotificationServiceServer::new(parts.api), db);
         }
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
@@ -261,8 +261,8 @@ pub async fn start(
                 config.admin_email.clone(),
             );
             server = server
-                .register_with_db(UserServiceServer::new(public), db.clone())
-                .register_with_db(UserInternalServiceServer::new(internal), db);
+                .register(UserServiceServer::new(public), db.clone())
+                .register(UserInternalServiceServer::new(internal), db);
         }
         if target.runs(ServiceName::Auth) {
             let db = open_db(&config, ServiceName::Auth).await?;
@@ -290,7 +290,7 @@ pub async fn start(
                 upstreams.user.clone(),
                 local_verifier,
             );
-            server = server.register_with_db(AuthServiceServer::new(api), db);
+            server = server.register(AuthServiceServer::new(api), db);
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
@@ -313,7 +313,7 @@ pub async fn start(
                 bus.live(),
                 shutdown.clone(),
             );
-            server = server.register_with_db(PostServiceServer::new(api), db);
+            server = server.register(PostServiceServer::new(api), db);
         }
         consumers_ready.cancel();
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");

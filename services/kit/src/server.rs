@@ -28,9 +28,9 @@ use crate::trace_context;
 /// Collects services, then serves them on one listener.
 pub struct GrpcServer {
     routes: RoutesBuilder,
-    /// Each service and the database its readiness follows, if any.
-    names: Vec<(&'static str, Option<Db>)>,
-    /// The event bus database-backed services also depend on, if any.
+    /// Each service and the database its readiness follows.
+    names: Vec<(&'static str, Db)>,
+    /// The event bus the services also depend on, if any.
     bus: Option<Arc<dyn Bus>>,
     health: HealthReporter,
 }
@@ -69,42 +69,10 @@ impl GrpcServer {
         }
     }
 
-    /// Adds a generated tonic service; it is reported SERVING while the server runs.
-    pub fn register<S>(self, service: S) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        self.add_inner(service, None)
-    }
-
-    /// Adds a service that is SERVING only while `db` answers, so load balancers
-    /// and the gateway's `/readyz` stop sending work it cannot do.
-    pub fn register_with_db<S>(self, service: S, db: Db) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        self.add_inner(service, Some(db))
-    }
-
-    fn add_inner<S>(mut self, service: S, db: Option<Db>) -> Self
+    /// Adds a generated tonic service, SERVING only while `db` (and the bus, if
+    /// any) answers, so load balancers and the gateway's `/readyz` stop sending
+    /// work it cannot do.
+    pub fn register<S>(mut self, service: S, db: Db) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -128,8 +96,8 @@ impl GrpcServer {
         self.health.clone()
     }
 
-    /// Makes every database-backed service NOT_SERVING while `bus` is
-    /// disconnected too: their writes would pile up unpublished.
+    /// Makes every service NOT_SERVING while `bus` is disconnected too: their
+    /// writes would pile up unpublished.
     pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
         self.bus = Some(bus);
         self
@@ -146,15 +114,13 @@ impl GrpcServer {
             health
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
-            if let Some(db) = db.clone() {
-                tokio::spawn(follow_database(
-                    health.clone(),
-                    name,
-                    db,
-                    self.bus.clone(),
-                    shutdown.child_token(),
-                ));
-            }
+            tokio::spawn(follow_database(
+                health.clone(),
+                name,
+                db.clone(),
+                self.bus.clone(),
+                shutdown.child_token(),
+            ));
         }
         health.set_service_status("", ServingStatus::Serving).await;
         let names: Vec<&'static str> = self.names.iter().map(|(name, _)| *name).collect();
