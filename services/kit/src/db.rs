@@ -195,3 +195,31 @@ pub fn placeholders(first: usize, count: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The first column of every row of `sql`, whose `IN` list is written `{ids}`:
+/// `leading` values are bound first (`$1`, …), then one placeholder per id.
+/// Nothing is queried for no ids.
+pub async fn strings_in(
+    pool: &AnyPool,
+    sql: &str,
+    leading: &[&str],
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = sql.replace("{ids}", &placeholders(leading.len() + 1, ids.len()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for value in leading {
+        query = query.bind(*value);
+    }
+    for id in ids {
+        query = query.bind(id);
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| sqlx::Row::try_get(row, 0))
+        .collect()
+}

@@ -696,23 +696,14 @@ impl Store {
         user_id: &str,
         ids: &[String],
     ) -> Result<HashSet<String>, sqlx::Error> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let sql = format!(
-            "SELECT article_id FROM favorite WHERE user_id = $1 AND article_id IN ({})",
-            agora_kit::db::placeholders(2, ids.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id);
-        for id in ids {
-            query = query.bind(id);
-        }
-        query
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect()
+        let found = agora_kit::db::strings_in(
+            self.db.pool(),
+            "SELECT article_id FROM favorite WHERE user_id = $1 AND article_id IN ({ids})",
+            &[user_id],
+            ids,
+        )
+        .await?;
+        Ok(found.into_iter().collect())
     }
 
     /// Every tag on a published article, most used first.

@@ -330,23 +330,14 @@ impl Store {
         follower: &str,
         ids: &[String],
     ) -> Result<HashSet<String>, sqlx::Error> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let sql = format!(
-            "SELECT followee_id FROM follow WHERE follower_id = $1 AND followee_id IN ({})",
-            agora_kit::db::placeholders(2, ids.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(follower);
-        for id in ids {
-            query = query.bind(id);
-        }
-        query
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect()
+        let found = agora_kit::db::strings_in(
+            self.db.pool(),
+            "SELECT followee_id FROM follow WHERE follower_id = $1 AND followee_id IN ({ids})",
+            &[follower],
+            ids,
+        )
+        .await?;
+        Ok(found.into_iter().collect())
     }
 
     /// Account ids of `usernames`, in one query.
