@@ -303,12 +303,16 @@ pub async fn start(
                 &shutdown,
             );
             let store = agora_post::store::Store::new(db.clone(), wake);
-            let handler = Arc::new(agora_post::events::EventHandler::new(store.clone()));
+            let authors = agora_post::authors::Authors::new(db.clone(), upstreams.user.clone());
+            let handler = Arc::new(agora_post::events::EventHandler::new(
+                store.clone(),
+                authors.clone(),
+            ));
             bus.start_consumer(handler.consumer(db.clone()), shutdown.clone())
                 .await?;
             let api = agora_post::PostApi::new(
                 store,
-                agora_post::authors::Authors::new(upstreams.user.clone()),
+                authors,
                 verifier.clone(),
                 bus.live(),
                 shutdown.clone(),

@@ -35,7 +35,7 @@ pub enum Command {
     },
     /// Print the OpenAPI 3.1 document of the REST surface.
     Openapi,
-    /// Fill empty databases with generated accounts, follows and articles (password123).
+    /// Fill empty databases with generated accounts, follows, articles and favorites (password123).
     Seed {
         #[arg(long, default_value_t = 1000)]
         users: usize,
@@ -44,6 +44,9 @@ pub enum Command {
         /// Accounts each seeded user follows.
         #[arg(long, default_value_t = 20)]
         follows: usize,
+        /// Articles each seeded user favorites.
+        #[arg(long, default_value_t = 10)]
+        favorites: usize,
     },
     /// The event bus.
     Events {

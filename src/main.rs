@@ -77,11 +77,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             users,
             articles,
             follows,
+            favorites,
         } => {
             let plan = agora::seed::Plan {
                 users,
                 articles,
                 follows,
+                favorites,
             };
             println!("{}", agora::seed::run(&config, plan).await?);
             Ok(())

@@ -1,5 +1,7 @@
 //! `agora seed`: fills empty user and post databases with generated accounts,
-//! follows, articles and tags, fast enough to reach 100,000 articles in seconds.
+//! follows, articles, tags and favorites, fast enough to reach 100,000 articles in
+//! seconds. The post service's projection of profiles and follows is filled too,
+//! as the events of those accounts would have filled it.
 //!
 //! It writes straight into the services' databases (the same configuration
 //! `serve` uses, migrating them first) with multi-row INSERTs of [`BATCH`] rows,
@@ -58,6 +60,8 @@ pub struct Plan {
     pub articles: usize,
     /// Accounts each user follows (distinct, never themselves).
     pub follows: usize,
+    /// Articles each user favorites (distinct).
+    pub favorites: usize,
 }
 
 /// What was created and how long it took.
@@ -67,6 +71,7 @@ pub struct Summary {
     pub follows: u64,
     pub articles: u64,
     pub tags: u64,
+    pub favorites: u64,
     pub users_secs: f64,
     pub articles_secs: f64,
     pub total_secs: f64,
@@ -76,13 +81,14 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seeded {} users and {} follows in {:.2}s, {} articles and {} tags in {:.2}s \
-             ({:.2}s in all; password for every account: {PASSWORD})",
+            "seeded {} users and {} follows in {:.2}s, {} articles, {} tags and {} favorites \
+             in {:.2}s ({:.2}s in all; password for every account: {PASSWORD})",
             self.users,
             self.follows,
             self.users_secs,
             self.articles,
             self.tags,
+            self.favorites,
             self.articles_secs,
             self.total_secs
         )
@@ -260,6 +266,75 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
             vec![
                 Value::Text(article_ids[n].clone()),
                 Value::Text(tag.to_owned()),
+            ]
+        },
+    )
+    .await?;
+    let per_user = plan.favorites.min(plan.articles);
+    let mut favorites = Vec::with_capacity(plan.users * per_user);
+    for user in 0..plan.users {
+        let mut chosen = HashSet::with_capacity(per_user);
+        while chosen.len() < per_user {
+            let article = rng.below(plan.articles);
+            if chosen.insert(article) {
+                favorites.push((user, article));
+            }
+        }
+    }
+    summary.favorites = insert_rows(
+        &mut tx,
+        "favorite",
+        &["user_id", "article_id", "created_at"],
+        "",
+        favorites.len(),
+        |i| {
+            let (user, article) = favorites[i];
+            vec![
+                Value::Text(user_ids[user].clone()),
+                Value::Text(article_ids[article].clone()),
+                Value::Int(now - i as i64),
+            ]
+        },
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE article SET favorites_count = \
+         (SELECT COUNT(*) FROM favorite f WHERE f.article_id = article.id) \
+         WHERE id IN (SELECT article_id FROM favorite)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    // The profile projection, as user.registered and user.followed would have
+    // left it (version '' lets any real event win).
+    insert_rows(
+        &mut tx,
+        "author",
+        &["id", "username", "deleted", "version"],
+        " ON CONFLICT (id) DO NOTHING",
+        plan.users,
+        |n| {
+            vec![
+                Value::Text(user_ids[n].clone()),
+                Value::Text(format!("seed{n}")),
+                Value::Int(0),
+                Value::Text(String::new()),
+            ]
+        },
+    )
+    .await?;
+    insert_rows(
+        &mut tx,
+        "follow",
+        &["follower_id", "followee_id", "following", "version"],
+        " ON CONFLICT (follower_id, followee_id) DO NOTHING",
+        follows.len(),
+        |i| {
+            let (follower, followee) = follows[i];
+            vec![
+                Value::Text(user_ids[follower].clone()),
+                Value::Text(user_ids[followee].clone()),
+                Value::Int(1),
+                Value::Text(String::new()),
             ]
         },
     )

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Answer, TestApp};
 
 crate::on_both_backends!(
     a_new_article_answers_201_with_sorted_tags_and_its_author,
@@ -13,7 +13,8 @@ crate::on_both_backends!(
     a_new_title_moves_the_article_to_a_new_slug,
     drafts_are_seen_by_their_author_only_until_published,
     a_read_after_a_write_is_never_stale,
-    author_profiles_are_current,
+    author_profile_changes_reach_articles_within_a_second,
+    follows_reach_the_authors_of_articles_within_a_second,
     a_retried_create_with_the_same_idempotency_key_creates_nothing,
     an_idempotency_key_reused_with_another_body_is_422,
     bad_paging_and_bad_articles_are_422,
@@ -266,19 +267,49 @@ async fn a_read_after_a_write_is_never_stale(app: TestApp) {
     );
 }
 
-async fn author_profiles_are_current(app: TestApp) {
+async fn author_profile_changes_reach_articles_within_a_second(app: TestApp) {
     let jake = app.signed_up("jake").await;
     let slug = app.article(&jake.token, "Profile test", &[]).await;
+    let path = format!("/api/articles/{slug}");
 
     app.put(
         "/api/user",
         Some(&jake.token),
-        json!({"user": {"bio": "new bio"}}),
+        json!({"user": {"bio": "new bio", "username": "jacob"}}),
     )
     .await;
-    let article = app.get(&format!("/api/articles/{slug}"), None).await;
+    let article = app
+        .get_until(&path, None, |a| {
+            a.body["article"]["author"]["bio"] == "new bio"
+        })
+        .await;
 
-    assert_eq!(article.body["article"]["author"]["bio"], "new bio");
+    assert_eq!(article.body["article"]["author"]["username"], "jacob");
+}
+
+async fn follows_reach_the_authors_of_articles_within_a_second(app: TestApp) {
+    let author = app.signed_up("author").await;
+    let fan = app.signed_up("fan").await;
+    let slug = app.article(&author.token, "Followed", &[]).await;
+    let path = format!("/api/articles/{slug}");
+    let following = |a: &Answer| a.body["article"]["author"]["following"].clone();
+    assert_eq!(following(&app.get(&path, Some(&fan.token)).await), false);
+
+    app.post("/api/profiles/author/follow", Some(&fan.token), json!({}))
+        .await;
+    app.get_until(&path, Some(&fan.token), |a| following(a) == true)
+        .await;
+    let list = app
+        .get("/api/articles?author=author", Some(&fan.token))
+        .await;
+    let anonymous = app.get(&path, None).await;
+    app.delete("/api/profiles/author/follow", Some(&fan.token))
+        .await;
+    app.get_until(&path, Some(&fan.token), |a| following(a) == false)
+        .await;
+
+    assert_eq!(list.body["articles"][0]["author"]["following"], true);
+    assert_eq!(following(&anonymous), false);
 }
 
 async fn a_retried_create_with_the_same_idempotency_key_creates_nothing(app: TestApp) {

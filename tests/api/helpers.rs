@@ -194,6 +194,31 @@ impl TestApp {
         self.send("GET", path, token, &[], Bytes::new()).await
     }
 
+    /// GETs `path` until `holds` is true of the answer, for data that other
+    /// services' events bring (the post service's profile projection); panics
+    /// with the last answer after a second.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        holds: impl Fn(&Answer) -> bool,
+    ) -> Answer {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let answer = self.get(path, token).await;
+            if holds(&answer) {
+                return answer;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "GET {path} did not converge within a second: {} {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
         self.send("POST", path, token, &[], body.to_string()).await
     }

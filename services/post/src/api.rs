@@ -312,9 +312,14 @@ impl PostService for PostApi {
             authors_in: Some(followees),
             ..ArticleFilter::default()
         };
-        let (articles, articles_count) = self
+        let (mut articles, articles_count) = self
             .list(filter, req.limit, req.offset, Some(&viewer))
             .await?;
+        // Every author in the feed is followed, even if the profile projection
+        // has not heard of a follow made a moment ago.
+        for author in articles.iter_mut().filter_map(|a| a.author.as_mut()) {
+            author.following = true;
+        }
         Ok(Response::new(pb::GetFeedResponse {
             articles,
             articles_count,

@@ -1,11 +1,19 @@
-//! Authors come from the user service: one `BatchGetProfiles` call per page,
-//! never one call per row, so profiles are always current (a changed bio or a
-//! deleted account shows at once).
+//! Who wrote what, as a viewer sees them: the post service's projection of
+//! public profiles and follows (tables `author` and `follow`), kept by user events
+//! and read with one query per page — no call to the user service on a read.
+//!
+//! The projection trails the user service by the event delivery time (a few
+//! milliseconds). An author it does not hold yet — an account that registered and
+//! posted at once, or one from before the projection existed — is fetched from the
+//! user service in one `BatchGetProfiles` call and remembered, with a version that
+//! any later event overrides. See ADR 7.
 
 use std::collections::HashMap;
 
+use agora_kit::db::{Db, placeholders};
 use agora_proto::post::v1::Author;
 use agora_proto::user::v1 as user_pb;
+use sqlx::{AssertSqlSafe, Row};
 use tonic::Status;
 use tonic::transport::Channel;
 use user_pb::user_internal_service_client::UserInternalServiceClient;
@@ -13,14 +21,29 @@ use user_pb::user_internal_service_client::UserInternalServiceClient;
 /// What is shown for an account that no longer exists.
 const DELETED: &str = "[deleted]";
 
+/// The version of rows filled from a direct call: lower than every event id.
+const FETCHED: &str = "";
+
 #[derive(Debug, Clone)]
 pub struct Authors {
+    db: Db,
     users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
 }
 
+/// A profile change carried by a user event.
+#[derive(Debug)]
+pub struct ProfileChange<'a> {
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub bio: Option<&'a str>,
+    pub image: Option<&'a str>,
+    pub deleted: bool,
+}
+
 impl Authors {
-    pub fn new(users: Channel) -> Self {
+    pub fn new(db: Db, users: Channel) -> Self {
         Self {
+            db,
             users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
         }
     }
@@ -31,37 +54,116 @@ impl Authors {
         ids: impl IntoIterator<Item = &str>,
         viewer: Option<&str>,
     ) -> Result<HashMap<String, Author>, Status> {
-        let mut user_ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
-        user_ids.sort();
-        user_ids.dedup();
-        if user_ids.is_empty() {
+        let mut ids: Vec<&str> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let found = self
+        let mut found = self
+            .projected(&ids, viewer)
+            .await
+            .map_err(agora_kit::status::db)?;
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !found.contains_key(*id))
+            .collect();
+        if !missing.is_empty() {
+            found.extend(self.fetch(&missing, viewer).await?);
+        }
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let author = found.remove(id).unwrap_or_else(deleted);
+                (id.to_owned(), author)
+            })
+            .collect())
+    }
+
+    /// The projection's rows for `ids`, with `following` for `viewer`, in one
+    /// query. Tombstones come back as the deleted placeholder.
+    async fn projected(
+        &self,
+        ids: &[&str],
+        viewer: Option<&str>,
+    ) -> Result<HashMap<String, Author>, sqlx::Error> {
+        let sql = format!(
+            "SELECT a.id, a.username, a.bio, a.image, a.deleted, COALESCE(f.following, 0) \
+             FROM author a LEFT JOIN follow f ON f.followee_id = a.id AND f.follower_id = $1 \
+             WHERE a.id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(viewer.unwrap_or_default());
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                let author = if row.try_get::<i64, _>(4)? != 0 {
+                    deleted()
+                } else {
+                    Author {
+                        username: row.try_get(1)?,
+                        bio: row.try_get(2)?,
+                        image: row.try_get(3)?,
+                        following: row.try_get::<i64, _>(5)? != 0,
+                    }
+                };
+                Ok((id, author))
+            })
+            .collect()
+    }
+
+    /// Profiles the projection lacks, from the user service; remembered so the
+    /// next read finds them locally.
+    async fn fetch(
+        &self,
+        ids: &[&str],
+        viewer: Option<&str>,
+    ) -> Result<HashMap<String, Author>, Status> {
+        let profiles = self
             .users
             .clone()
             .batch_get_profiles(user_pb::BatchGetProfilesRequest {
-                user_ids: user_ids.clone(),
+                user_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
                 viewer_id: viewer.unwrap_or_default().to_owned(),
             })
             .await
             .map_err(upstream)?
             .into_inner()
             .profiles;
-        Ok(user_ids
+        for (id, p) in &profiles {
+            let change = ProfileChange {
+                user_id: id,
+                username: &p.username,
+                bio: p.bio.as_deref(),
+                image: p.image.as_deref(),
+                deleted: false,
+            };
+            let remembered = match (self.apply_profile(&change, FETCHED).await, viewer) {
+                (Ok(()), Some(viewer)) if p.following => {
+                    self.apply_follow(viewer, id, true, FETCHED).await
+                }
+                (outcome, _) => outcome,
+            };
+            if let Err(err) = remembered {
+                // The answer is still right; the next read asks again.
+                tracing::warn!(error = %err, "remembering a fetched profile failed");
+            }
+        }
+        Ok(profiles
             .into_iter()
-            .map(|id| {
-                let author = match found.get(&id) {
-                    Some(p) => Author {
-                        username: p.username.clone(),
-                        bio: p.bio.clone(),
-                        image: p.image.clone(),
-                        following: p.following,
-                    },
-                    None => Author {
-                        username: DELETED.to_owned(),
-                        ..Author::default()
-                    },
+            .map(|(id, p)| {
+                let author = Author {
+                    username: p.username,
+                    bio: p.bio,
+                    image: p.image,
+                    following: p.following,
                 };
                 (id, author)
             })
@@ -70,6 +172,21 @@ impl Authors {
 
     /// The account id of a username, if it exists.
     pub async fn id_of(&self, username: &str) -> Result<Option<String>, Status> {
+        let local: Option<String> = sqlx::query(
+            "SELECT id FROM author WHERE username = $1 AND deleted = 0 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(username)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(agora_kit::status::db)?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(agora_kit::status::db)?;
+        if local.is_some() {
+            return Ok(local);
+        }
+        // Not projected (yet): the user service has the last word.
         let mut ids = self
             .users
             .clone()
@@ -83,7 +200,8 @@ impl Authors {
         Ok(ids.remove(username))
     }
 
-    /// Whom `user_id` follows.
+    /// Whom `user_id` follows. Asked of the user service, not the projection: the
+    /// feed must show an author the moment the viewer follows them.
     pub async fn followees(&self, user_id: &str) -> Result<Vec<String>, Status> {
         Ok(self
             .users
@@ -96,9 +214,152 @@ impl Authors {
             .into_inner()
             .user_ids)
     }
+
+    /// Records a profile as of event `version`, unless a later one is recorded.
+    pub async fn apply_profile(
+        &self,
+        change: &ProfileChange<'_>,
+        version: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO author (id, username, bio, image, deleted, version) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET username = excluded.username, bio = excluded.bio, \
+             image = excluded.image, deleted = excluded.deleted, version = excluded.version \
+             WHERE author.version < excluded.version",
+        )
+        .bind(change.user_id)
+        .bind(change.username)
+        .bind(change.bio)
+        .bind(change.image)
+        .bind(i64::from(change.deleted))
+        .bind(version)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records whether `follower` follows `followee` as of event `version`,
+    /// unless a later event is recorded.
+    pub async fn apply_follow(
+        &self,
+        follower: &str,
+        followee: &str,
+        following: bool,
+        version: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO follow (follower_id, followee_id, following, version) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (follower_id, followee_id) DO UPDATE SET following = excluded.following, \
+             version = excluded.version WHERE follow.version < excluded.version",
+        )
+        .bind(follower)
+        .bind(followee)
+        .bind(i64::from(following))
+        .bind(version)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+fn deleted() -> Author {
+    Author {
+        username: DELETED.to_owned(),
+        ..Author::default()
+    }
 }
 
 fn upstream(err: Status) -> Status {
     tracing::error!(code = ?err.code(), message = err.message(), "user service call failed");
     Status::unavailable("profile service unavailable, try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn projection() -> (Authors, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = agora_kit::config::DatabaseTarget::Sqlite(dir.path().join("post.db"));
+        let db = crate::open_db(&target).await.unwrap();
+        // Never dialled: these tests only read what the projection holds.
+        let users = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        (Authors::new(db, users), dir)
+    }
+
+    fn profile<'a>(username: &'a str, deleted: bool) -> ProfileChange<'a> {
+        ProfileChange {
+            user_id: "u1",
+            username,
+            bio: None,
+            image: None,
+            deleted,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_overtaken_event_never_undoes_a_later_one() {
+        let (authors, _dir) = projection().await;
+        authors
+            .apply_profile(&profile("ann", false), "v1")
+            .await
+            .unwrap();
+        authors
+            .apply_follow("fan", "u1", false, "v3")
+            .await
+            .unwrap();
+        authors.apply_follow("fan", "u1", true, "v2").await.unwrap();
+        authors
+            .apply_profile(&profile("ann", true), "v5")
+            .await
+            .unwrap();
+        authors
+            .apply_profile(&profile("anna", false), "v4")
+            .await
+            .unwrap();
+
+        let seen = authors.projected(&["u1"], Some("fan")).await.unwrap();
+
+        assert_eq!(seen["u1"].username, DELETED);
+        assert!(!seen["u1"].following);
+    }
+
+    #[tokio::test]
+    async fn fetched_rows_give_way_to_any_event_and_redelivery_changes_nothing() {
+        let (authors, _dir) = projection().await;
+        authors
+            .apply_profile(&profile("ann", false), FETCHED)
+            .await
+            .unwrap();
+        authors
+            .apply_follow("fan", "u1", true, FETCHED)
+            .await
+            .unwrap();
+        authors
+            .apply_profile(&profile("anna", false), "v1")
+            .await
+            .unwrap();
+        authors
+            .apply_follow("fan", "u1", false, "v2")
+            .await
+            .unwrap();
+        authors
+            .apply_follow("fan", "u1", false, "v2")
+            .await
+            .unwrap();
+        authors
+            .apply_profile(&profile("ann", false), FETCHED)
+            .await
+            .unwrap();
+
+        let seen = authors.projected(&["u1"], Some("fan")).await.unwrap();
+        let anonymous = authors.projected(&["u1"], None).await.unwrap();
+
+        assert_eq!(seen["u1"].username, "anna");
+        assert!(!seen["u1"].following);
+        assert!(!anonymous["u1"].following);
+        assert_eq!(authors.id_of("anna").await.unwrap().as_deref(), Some("u1"));
+    }
 }

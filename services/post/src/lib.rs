@@ -1,5 +1,6 @@
 //! The post service: articles, their tags, favorites and comments, the feed, and
-//! live comment rooms. Authors are user-service accounts, fetched once per page.
+//! live comment rooms. Authors are user-service accounts, shown from the service's
+//! own projection of profiles and follows (`authors`), kept by user events.
 
 pub mod api;
 pub mod authors;
@@ -36,6 +37,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "inbox",
             include_str!("../migrations/sqlite/0004_inbox.sql"),
         ),
+        (
+            5,
+            "profile_projection",
+            include_str!("../migrations/sqlite/0005_profile_projection.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -57,6 +63,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             4,
             "inbox",
             include_str!("../migrations/postgres/0004_inbox.sql"),
+        ),
+        (
+            5,
+            "profile_projection",
+            include_str!("../migrations/postgres/0005_profile_projection.sql"),
         ),
     ],
 };
