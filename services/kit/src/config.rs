@@ -274,7 +274,9 @@ impl Config {
         let auth_rate_limit_per_minute = number(&get, AUTH_RATE_LIMIT_PER_MINUTE, 30, &mut errors);
         let body_limit_bytes = number(&get, BODY_LIMIT_BYTES, 1 << 20, &mut errors);
         let request_timeout = duration(&get, REQUEST_TIMEOUT, "30s", &mut errors);
-        let password_hash_concurrency = number(&get, PASSWORD_HASH_CONCURRENCY, 4, &mut errors);
+        // One hashing worker per core: argon2 is CPU-bound, more workers only add memory.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let password_hash_concurrency = number(&get, PASSWORD_HASH_CONCURRENCY, cores, &mut errors);
         let trusted_proxies = get(TRUSTED_PROXIES)
             .map(|v| {
                 v.split(',')
