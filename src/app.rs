@@ -14,7 +14,7 @@ use agora_kit::events::rabbit::{QueueSpec, RabbitBus};
 use agora_kit::events::relay::Wake;
 use agora_kit::server::GrpcServer;
 use agora_kit::token::{GrpcJwks, TokenVerifier};
-use agora_kit::upstream::Upstreams;
+use agora_kit::upstream::{LocalServices, Upstreams};
 use agora_proto::auth::v1::auth_service_server::AuthServiceServer;
 use agora_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use agora_proto::post::v1::post_service_server::PostServiceServer;
@@ -208,7 +208,14 @@ pub async fn start(
         None
     };
     let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let upstreams = Upstreams::new(&config, grpc_addr.unwrap_or(config.grpc_addr))?;
+    // Services this process runs are called in process, not over its own socket.
+    let local = LocalServices::default();
+    let runs = |service| target.runs(service);
+    let upstreams = Upstreams::new(
+        &config,
+        grpc_addr.unwrap_or(config.grpc_addr),
+        Some((&local, &runs)),
+    )?;
     let verifier = TokenVerifier::new(
         GrpcJwks::new(upstreams.auth.clone()),
         &config.jwt_issuer,
@@ -319,9 +326,17 @@ pub async fn start(
             );
             server = server.register(PostServiceServer::new(api), db);
         }
+        // The serving task owns the in-process stack: it goes when serving stops.
+        let stack = Arc::new(server.in_process());
+        local.bind(&stack);
         consumers_ready.cancel();
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
-        tasks.spawn(server.serve(listener, shutdown.clone()));
+        let serve = server.serve(listener, shutdown.clone());
+        tasks.spawn(async move {
+            let served = serve.await;
+            drop(stack);
+            served
+        });
     }
 
     // The gateway serves `/metrics` for its process; a target without it may
@@ -354,7 +369,7 @@ pub async fn start(
             .await
             .map_err(|e| anyhow::anyhow!("binding HTTP on {}: {e}", config.http_addr))?;
         http_addr = Some(listener.local_addr()?);
-        let upstream_map: HashMap<String, tonic::transport::Channel> = ServiceName::ALL
+        let upstream_map: HashMap<String, agora_kit::upstream::Upstream> = ServiceName::ALL
             .into_iter()
             .map(|s| (s.proto_package().to_owned(), upstreams.get(s).clone()))
             .collect();

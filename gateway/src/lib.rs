@@ -56,9 +56,9 @@ pub use server::serve;
 /// How the gateway is set up. Built by the caller (the `agora` binary or a test).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Upstream per proto package, e.g. "agora.user.v1" -> channel. Built by the caller with
-    /// tonic::transport::Endpoint::from_shared(url)?.connect_lazy().
-    pub upstreams: HashMap<String, tonic::transport::Channel>,
+    /// Upstream per proto package, e.g. "agora.user.v1": a channel
+    /// (`agora_kit::upstream::remote`) or, in one process, the services themselves.
+    pub upstreams: HashMap<String, agora_kit::upstream::Upstream>,
     /// Allowed CORS origins (exact match); empty = no cross-origin access. "*" = any.
     pub cors_origins: Vec<String>,
     /// Largest accepted REST request body; larger ones get 413. Default 1 MiB.

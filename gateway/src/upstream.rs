@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use agora_kit::upstream::{Upstream, UpstreamError};
 use http::HeaderMap;
 use http::uri::PathAndQuery;
 use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::codec::Streaming;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
-use tonic::transport::Channel;
 
 use crate::codec::DynamicCodec;
 use crate::error::GatewayError;
@@ -39,20 +39,20 @@ pub const REAL_IP: &str = "x-real-ip";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Channels by proto package, e.g. `agora.user.v1`.
+/// Upstreams by proto package, e.g. `agora.user.v1`.
 #[derive(Debug, Clone, Default)]
 pub struct Upstreams {
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, Upstream>,
 }
 
 impl Upstreams {
     /// Wraps the configured channels.
-    pub fn new(channels: HashMap<String, Channel>) -> Self {
+    pub fn new(channels: HashMap<String, Upstream>) -> Self {
         Upstreams { channels }
     }
 
     /// The channel for a package.
-    pub fn for_package(&self, package: &str) -> Result<Channel, GatewayError> {
+    pub fn for_package(&self, package: &str) -> Result<Upstream, GatewayError> {
         self.channels
             .get(package)
             .cloned()
@@ -60,12 +60,12 @@ impl Upstreams {
     }
 
     /// The channel serving a method.
-    pub fn for_method(&self, method: &MethodDescriptor) -> Result<Channel, GatewayError> {
+    pub fn for_method(&self, method: &MethodDescriptor) -> Result<Upstream, GatewayError> {
         self.for_package(method.parent_service().package_name())
     }
 
     /// Every configured package and channel.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Channel)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Upstream)> {
         self.channels.iter()
     }
 }
@@ -105,7 +105,7 @@ fn path_of(method: &MethodDescriptor) -> Result<PathAndQuery, GatewayError> {
 
 /// Calls a unary RPC. `timeout` becomes the `grpc-timeout` the service sees.
 pub async fn call_unary(
-    channel: Channel,
+    channel: Upstream,
     method: &MethodDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
@@ -136,7 +136,7 @@ pub async fn call_unary(
 
 /// Opens a server-streaming RPC. No deadline: streams live as long as the client.
 pub async fn call_server_streaming(
-    channel: Channel,
+    channel: Upstream,
     method: &MethodDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
@@ -154,7 +154,7 @@ pub async fn call_server_streaming(
     .map_err(GatewayError::Upstream)
 }
 
-fn unavailable(error: tonic::transport::Error) -> GatewayError {
+fn unavailable(error: UpstreamError) -> GatewayError {
     GatewayError::Upstream(tonic::Status::unavailable(error.to_string()))
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use agora_gateway::GatewayConfig;
+use agora_kit::upstream::Upstream as Channel;
 use agora_proto::post::v1::post_service_server::{PostService, PostServiceServer};
 use agora_proto::post::v1::{
     Author, Comment, WatchCommentsRequest, WatchCommentsResponse, watch_comments_response,
@@ -21,7 +22,7 @@ use http_body_util::BodyExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::ServiceExt as _;
@@ -153,9 +154,11 @@ impl Upstream {
     }
 
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect_lazy()
+        agora_kit::upstream::remote(
+            Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect_lazy(),
+        )
     }
 }
 

@@ -8,7 +8,6 @@ use agora_kit::token::{Role, TokenVerifier};
 use agora_proto::auth::v1 as pb;
 use agora_proto::user::v1 as user_pb;
 use pb::auth_service_server::AuthService;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
@@ -35,7 +34,7 @@ impl AuthApi {
         keys: Arc<KeyRing>,
         minter: Minter,
         refresh_ttl: Duration,
-        users: Channel,
+        users: agora_kit::upstream::Upstream,
         verifier: TokenVerifier,
     ) -> Self {
         Self {

@@ -7,6 +7,10 @@
 //!
 //! Shutdown is ordered: health flips to NOT_SERVING first so load balancers stop
 //! sending, then the listener closes and in-flight calls drain.
+//!
+//! The same stack also answers calls from inside the process
+//! ([`GrpcServer::in_process`]): span, metrics, deadline and routes as over the
+//! socket, minus HTTP/2 and the socket itself.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,11 +23,15 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+use tracing::Instrument as _;
 
 use crate::db::Db;
 use crate::events::Bus;
 use crate::metrics::GrpcMetricsLayer;
 use crate::trace_context;
+use crate::upstream::Upstream;
 
 /// Collects services, then serves them on one listener.
 pub struct GrpcServer {
@@ -103,6 +111,34 @@ impl GrpcServer {
         self
     }
 
+    /// These services as an upstream for callers in this process: each call gets
+    /// the span, metrics and `grpc-timeout` deadline a call over the socket gets,
+    /// then goes to the same routes with its protobuf body as encoded.
+    pub fn in_process(&self) -> Upstream {
+        let stack = tower::ServiceBuilder::new()
+            .layer(GrpcMetricsLayer::new())
+            .service(self.routes.clone().routes().prepare());
+        BoxCloneSyncService::new(tower::service_fn(
+            move |request: http::Request<tonic::body::Body>| {
+                let span = span_of(request.uri().path(), request.headers());
+                let deadline = grpc_timeout(request.headers());
+                let call = stack.clone().oneshot(request);
+                async move {
+                    let answered = match deadline {
+                        None => call.await,
+                        Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                            Ok(answered) => answered,
+                            // What tonic's server answers when the deadline passes.
+                            Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
+                        },
+                    };
+                    Ok(answered.unwrap_or_else(|never: Infallible| match never {}))
+                }
+                .instrument(span)
+            },
+        ))
+    }
+
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn serve(
         self,
@@ -151,13 +187,15 @@ impl GrpcServer {
 /// The span of one call: `otel.name` is the method path so traces read like the
 /// API, and the parent is whatever `traceparent` the caller sent.
 fn call_span(request: &http::Request<()>) -> tracing::Span {
-    let path = request.uri().path();
+    span_of(request.uri().path(), request.headers())
+}
+
+fn span_of(path: &str, headers: &http::HeaderMap) -> tracing::Span {
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or(("", ""));
-    let request_id = request
-        .headers()
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -170,8 +208,29 @@ fn call_span(request: &http::Request<()>) -> tracing::Span {
         rpc.method = method,
         request_id,
     );
-    trace_context::set_parent_from(&span, request.headers());
+    trace_context::set_parent_from(&span, headers);
     span
+}
+
+/// The caller's deadline from `grpc-timeout` (an integer of at most 8 digits and
+/// a unit, gRPC over HTTP/2); none when absent or malformed, as in tonic's server.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (amount, unit) = value.split_at(split);
+    if amount.is_empty() || amount.len() > 8 {
+        return None;
+    }
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Keeps `name`'s health in step with its database until shutdown.
@@ -216,6 +275,23 @@ mod tests {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        let timeout = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        for bad in ["", "S", "12", "123456789S", "-1S", "1x"] {
+            assert_eq!(timeout(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_call_span_joins_the_callers_trace_and_names_the_method() {

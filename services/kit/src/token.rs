@@ -94,11 +94,11 @@ pub trait JwksSource: Send + Sync + 'static {
 
 /// Fetches the JWKS from the auth service over gRPC.
 pub struct GrpcJwks {
-    channel: tonic::transport::Channel,
+    channel: crate::upstream::Upstream,
 }
 
 impl GrpcJwks {
-    pub fn new(channel: tonic::transport::Channel) -> Self {
+    pub fn new(channel: crate::upstream::Upstream) -> Self {
         Self { channel }
     }
 }

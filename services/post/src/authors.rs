@@ -15,7 +15,6 @@ use agora_proto::post::v1::Author;
 use agora_proto::user::v1 as user_pb;
 use sqlx::{AssertSqlSafe, Row};
 use tonic::Status;
-use tonic::transport::Channel;
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
 /// What is shown for an account that no longer exists.
@@ -41,7 +40,7 @@ pub struct ProfileChange<'a> {
 }
 
 impl Authors {
-    pub fn new(db: Db, users: Channel) -> Self {
+    pub fn new(db: Db, users: agora_kit::upstream::Upstream) -> Self {
         Self {
             db,
             users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
@@ -285,7 +284,9 @@ mod tests {
         let target = agora_kit::config::DatabaseTarget::Sqlite(dir.path().join("post.db"));
         let db = crate::open_db(&target).await.unwrap();
         // Never dialled: these tests only read what the projection holds.
-        let users = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let users = agora_kit::upstream::remote(
+            tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+        );
         (Authors::new(db, users), dir)
     }
 
