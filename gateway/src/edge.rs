@@ -217,6 +217,9 @@ pub struct RateLimits {
     general: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth: Option<DefaultKeyedRateLimiter<IpAddr>>,
     seen: AtomicU64,
+    /// Made once: building a clock calibrates it (cpuid and a TSC read), which
+    /// cost more than the rest of the rate check when done per request.
+    clock: DefaultClock,
 }
 
 /// Forget idle clients every so many requests, so the key map does not grow forever.
@@ -234,6 +237,7 @@ impl RateLimits {
             general,
             auth,
             seen: AtomicU64::new(0),
+            clock: DefaultClock::default(),
         }
     }
 
@@ -245,7 +249,7 @@ impl RateLimits {
                 limiter.shrink_to_fit();
             }
         }
-        let now = DefaultClock::default().now();
+        let now = self.clock.now();
         if let Some(limiter) = &self.general {
             limiter.check_key(&ip).map_err(|n| n.wait_time_from(now))?;
         }
