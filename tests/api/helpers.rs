@@ -38,6 +38,8 @@ pub struct TestApp {
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
     running: Option<RunningApp>,
+    /// The service targets behind a split gateway ([`spawn_split`]).
+    services: Vec<RunningApp>,
 }
 
 /// A decoded HTTP answer.
@@ -99,6 +101,7 @@ impl TestApp {
             client: Client::builder(TokioExecutor::new()).build_http(),
             shutdown,
             running: Some(running),
+            services: Vec::new(),
         }
     }
 
@@ -114,6 +117,9 @@ impl TestApp {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
             running.wait().await.expect("clean shutdown");
+        }
+        for service in self.services.drain(..) {
+            service.wait().await.expect("clean shutdown");
         }
     }
 
@@ -360,6 +366,76 @@ pub async fn spawn_on_rabbitmq(namespace: &str) -> TestApp {
     .await
 }
 
+/// Starts each service target and the gateway as a server of its own, the way
+/// separate processes run them, on PostgreSQL and RabbitMQ: every call between
+/// them crosses a gRPC socket. The returned app talks to the gateway; its `grpc`
+/// address is the post service's.
+pub async fn spawn_split(namespace: &str) -> TestApp {
+    let amqp = amqp_url().expect("AGORA_TEST_AMQP_URL is set");
+    let data_dir = std::env::temp_dir().join(format!("agora-test-{}", uuid::Uuid::now_v7()));
+    let keys = data_dir.join("keys");
+    agora_auth::keys::generate(&keys).expect("generate a test key");
+    let services = [
+        (Target::User, "USER"),
+        (Target::Auth, "AUTH"),
+        (Target::Post, "POST"),
+        (Target::Notification, "NOTIFICATION"),
+    ];
+    let mut env: HashMap<String, String> = [
+        ("AGORA_DATA_DIR", data_dir.display().to_string()),
+        ("AGORA_DATABASE_URL", fresh_postgres_database().await),
+        ("AGORA_AUTH_KEYS_DIR", keys.display().to_string()),
+        ("AGORA_AMQP_URL", amqp),
+        ("AGORA_AMQP_NAMESPACE", namespace.to_owned()),
+        ("AGORA_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("AGORA_RATE_LIMIT_PER_SECOND", "10000".into()),
+        ("AGORA_AUTH_RATE_LIMIT_PER_MINUTE", "10000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut addrs = Vec::new();
+    for (_, name) in services {
+        // A port the kernel just handed out and nobody holds: the targets must
+        // know each other's addresses before any of them binds.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        env.insert(format!("AGORA_{name}_GRPC_URL"), format!("http://{addr}"));
+        addrs.push(addr);
+    }
+    let shutdown = CancellationToken::new();
+    let start = |target: Target, env: HashMap<String, String>| {
+        let shutdown = shutdown.clone();
+        async move {
+            let config = Config::from_source(|k| env.get(k).cloned()).expect("valid config");
+            let notification =
+                agora_notification::NotificationConfig::from_source(|k| env.get(k).cloned())
+                    .expect("valid notification config");
+            agora::start(config, notification, target, shutdown)
+                .await
+                .expect("target starts")
+        }
+    };
+    let mut running = Vec::new();
+    for ((target, _), addr) in services.into_iter().zip(&addrs) {
+        let mut own = env.clone();
+        own.insert("AGORA_GRPC_ADDR".into(), addr.to_string());
+        running.push(start(target, own).await);
+    }
+    let gateway = start(Target::Gateway, env.clone()).await;
+    TestApp {
+        http: gateway.http_addr.expect("gateway runs"),
+        grpc: addrs[2],
+        data_dir,
+        env,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        shutdown,
+        running: Some(gateway),
+        services: running,
+    }
+}
+
 /// Deletes what a test namespace declared on the broker.
 pub async fn remove_namespace(namespace: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -371,12 +447,12 @@ pub async fn remove_namespace(namespace: &str) {
     let Ok(channel) = conn.create_channel().await else {
         return;
     };
-    let consumer = agora_notification::CONSUMER;
-    let mut queues = vec![
-        format!("{namespace}.{consumer}"),
-        format!("{namespace}.{consumer}.dead"),
-    ];
-    queues.extend((1..10).map(|n| format!("{namespace}.{consumer}.retry.{n}")));
+    let mut queues = Vec::new();
+    for consumer in [agora_notification::CONSUMER, agora_post::events::CONSUMER] {
+        queues.push(format!("{namespace}.{consumer}"));
+        queues.push(format!("{namespace}.{consumer}.dead"));
+        queues.extend((1..10).map(|n| format!("{namespace}.{consumer}.retry.{n}")));
+    }
     for queue in queues {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

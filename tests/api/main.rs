@@ -11,4 +11,5 @@ mod live;
 mod notifications;
 mod roles;
 mod sessions;
+mod split;
 mod transcoding;
