@@ -110,7 +110,7 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
 }
 
 /// Event types every replica hears about, for its live streams.
-const LIVE_BINDINGS: [&str; 7] = [
+const LIVE_BINDINGS: [&str; 11] = [
     agora_kit::events::types::NOTIFICATION_CREATED,
     agora_kit::events::types::COMMENT_ADDED,
     agora_kit::events::types::COMMENT_DELETED,
@@ -119,6 +119,11 @@ const LIVE_BINDINGS: [&str; 7] = [
     agora_kit::events::types::ARTICLE_DELETED,
     agora_kit::events::types::ARTICLE_FAVORITED,
     agora_kit::events::types::ARTICLE_UNFAVORITED,
+    // The post service's memory of profiles and follows, on every replica.
+    agora_kit::events::types::USER_UPDATED,
+    agora_kit::events::types::USER_DELETED,
+    agora_kit::events::types::USER_FOLLOWED,
+    agora_kit::events::types::USER_UNFOLLOWED,
 ];
 
 /// RabbitMQ when configured; otherwise the in-process bus, which only links

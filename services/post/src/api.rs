@@ -107,11 +107,8 @@ impl PostApi {
             .await?;
         let favorited = match viewer_id {
             Some(id) => {
-                let ids: Vec<String> = articles.iter().map(|a| a.as_ref().id.clone()).collect();
-                self.store
-                    .favorited_among(id, &ids)
-                    .await
-                    .map_err(status::db)?
+                let ids: Vec<&str> = articles.iter().map(|a| a.as_ref().id.as_str()).collect();
+                self.favorited_among(id, &ids).await?
             }
             None => HashSet::new(),
         };
@@ -126,6 +123,59 @@ impl PostApi {
                 )
             })
             .collect())
+    }
+
+    /// Which of `ids` `viewer` has favorited: from memory, the rest in one query.
+    async fn favorited_among(&self, viewer: &str, ids: &[&str]) -> Result<HashSet<String>, Status> {
+        let mut favorited = HashSet::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self
+                .cache
+                .favorited
+                .get(&(viewer.to_owned(), (*id).to_owned()))
+                .await
+            {
+                Some(true) => {
+                    favorited.insert((*id).to_owned());
+                }
+                Some(false) => {}
+                None => unknown.push((*id).to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            let found = self
+                .store
+                .favorited_among(viewer, &unknown)
+                .await
+                .map_err(status::db)?;
+            for id in unknown {
+                let is = found.contains(&id);
+                self.cache
+                    .favorited
+                    .fill((viewer.to_owned(), id.clone()), is)
+                    .await;
+                if is {
+                    favorited.insert(id);
+                }
+            }
+        }
+        Ok(favorited)
+    }
+
+    /// Records the caller's own favorite change on this replica before answering,
+    /// versioned after the event the write emitted, so that event arriving late
+    /// from the bus cannot undo a later change.
+    async fn learn_favorite(&self, viewer: &str, article_id: &str, favorited: bool) {
+        let version = uuid::Uuid::now_v7().to_string();
+        self.cache
+            .favorited
+            .learn(
+                (viewer.to_owned(), article_id.to_owned()),
+                favorited,
+                &version,
+            )
+            .await;
     }
 
     async fn render_one(
@@ -492,6 +542,8 @@ impl PostService for PostApi {
             .favorite(&caller.user_id, &article)
             .await
             .map_err(status::db)?;
+        self.learn_favorite(&caller.user_id, &article.id, true)
+            .await;
         self.cache.forget_article(&article.slug).await;
         let article = self.visible(&article.slug, Some(&caller)).await?;
         let article = self.render_one(&article, Some(&caller)).await?;
@@ -511,6 +563,8 @@ impl PostService for PostApi {
             .unfavorite(&caller.user_id, &article)
             .await
             .map_err(status::db)?;
+        self.learn_favorite(&caller.user_id, &article.id, false)
+            .await;
         self.cache.forget_article(&article.slug).await;
         let article = self.visible(&article.slug, Some(&caller)).await?;
         let article = self.render_one(&article, Some(&caller)).await?;

@@ -1,6 +1,8 @@
 //! Who wrote what, as a viewer sees them: the post service's projection of
-//! public profiles and follows (tables `author` and `follow`), kept by user events
-//! and read with one query per page — no call to the user service on a read.
+//! public profiles and follows (tables `author` and `follow`), kept by user events,
+//! with the profiles and follow facts a replica has read kept in memory
+//! (`cache::Versioned`, learning from the same events on every replica) — so a
+//! warm read touches neither the user service nor the database.
 //!
 //! The projection trails the user service by the event delivery time (a few
 //! milliseconds). An author it does not hold yet — an account that registered and
@@ -8,7 +10,7 @@
 //! user service in one `BatchGetProfiles` call and remembered, with a version that
 //! any later event overrides. See ADR 7.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use agora_kit::db::{Db, placeholders};
 use agora_proto::post::v1::Author;
@@ -17,16 +19,28 @@ use sqlx::{AssertSqlSafe, Row};
 use tonic::Status;
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
+use crate::cache::{FACT_TTL, Versioned};
+
 /// What is shown for an account that no longer exists.
 const DELETED: &str = "[deleted]";
 
 /// The version of rows filled from a direct call: lower than every event id.
 const FETCHED: &str = "";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authors {
     db: Db,
     users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
+    /// Profiles by account id, `following` always false (it is per viewer).
+    known: Versioned<String, Author>,
+    /// (follower, followee) → follows.
+    following: Versioned<(String, String), bool>,
+}
+
+impl std::fmt::Debug for Authors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authors").finish_non_exhaustive()
+    }
 }
 
 /// A profile change carried by a user event.
@@ -44,6 +58,8 @@ impl Authors {
         Self {
             db,
             users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
+            known: Versioned::new(100_000, FACT_TTL),
+            following: Versioned::new(50_000, FACT_TTL),
         }
     }
 
@@ -59,18 +75,45 @@ impl Authors {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut found = self
-            .projected(&ids, viewer)
-            .await
-            .map_err(agora_kit::status::db)?;
+        let mut found = HashMap::new();
+        let mut unknown = Vec::new();
+        for id in &ids {
+            match self.known.get(&(*id).to_owned()).await {
+                Some(author) => {
+                    found.insert((*id).to_owned(), author);
+                }
+                None => unknown.push(*id),
+            }
+        }
+        if !unknown.is_empty() {
+            for (id, author) in self
+                .projected(&unknown)
+                .await
+                .map_err(agora_kit::status::db)?
+            {
+                self.known.fill(id.clone(), author.clone()).await;
+                found.insert(id, author);
+            }
+        }
         let missing: Vec<&str> = ids
             .iter()
             .copied()
             .filter(|id| !found.contains_key(*id))
             .collect();
-        if !missing.is_empty() {
-            found.extend(self.fetch(&missing, viewer).await?);
+        // Straight from the user service, `following` included.
+        let fetched = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.fetch(&missing, viewer).await?
+        };
+        if let Some(viewer) = viewer {
+            let projected: Vec<&str> = found.keys().map(String::as_str).collect();
+            let followed = self.following_among(viewer, &projected).await?;
+            for (id, author) in &mut found {
+                author.following = followed.contains(id);
+            }
         }
+        found.extend(fetched);
         Ok(ids
             .into_iter()
             .map(|id| {
@@ -80,20 +123,56 @@ impl Authors {
             .collect())
     }
 
-    /// The projection's rows for `ids`, with `following` for `viewer`, in one
-    /// query. Tombstones come back as the deleted placeholder.
-    async fn projected(
-        &self,
-        ids: &[&str],
-        viewer: Option<&str>,
-    ) -> Result<HashMap<String, Author>, sqlx::Error> {
+    /// Which of `ids` `viewer` follows: from memory, the rest in one query.
+    async fn following_among(&self, viewer: &str, ids: &[&str]) -> Result<HashSet<String>, Status> {
+        let mut followed = HashSet::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self
+                .following
+                .get(&(viewer.to_owned(), (*id).to_owned()))
+                .await
+            {
+                Some(true) => {
+                    followed.insert((*id).to_owned());
+                }
+                Some(false) => {}
+                None => unknown.push((*id).to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            let found: HashSet<String> = agora_kit::db::strings_in(
+                self.db.pool(),
+                "SELECT followee_id FROM follow \
+                 WHERE follower_id = $1 AND following = 1 AND followee_id IN ({ids})",
+                &[viewer],
+                &unknown,
+            )
+            .await
+            .map_err(agora_kit::status::db)?
+            .into_iter()
+            .collect();
+            for id in unknown {
+                let follows = found.contains(&id);
+                self.following
+                    .fill((viewer.to_owned(), id.clone()), follows)
+                    .await;
+                if follows {
+                    followed.insert(id);
+                }
+            }
+        }
+        Ok(followed)
+    }
+
+    /// The projection's rows for `ids` (`following` unset), in one query.
+    /// Tombstones come back as the deleted placeholder.
+    async fn projected(&self, ids: &[&str]) -> Result<HashMap<String, Author>, sqlx::Error> {
         let sql = format!(
-            "SELECT a.id, a.username, a.bio, a.image, a.deleted, COALESCE(f.following, 0) \
-             FROM author a LEFT JOIN follow f ON f.followee_id = a.id AND f.follower_id = $1 \
-             WHERE a.id IN ({})",
-            placeholders(2, ids.len())
+            "SELECT id, username, bio, image, deleted FROM author WHERE id IN ({})",
+            placeholders(1, ids.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(viewer.unwrap_or_default());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in ids {
             query = query.bind(*id);
         }
@@ -110,12 +189,36 @@ impl Authors {
                         username: row.try_get(1)?,
                         bio: row.try_get(2)?,
                         image: row.try_get(3)?,
-                        following: row.try_get::<i64, _>(5)? != 0,
+                        following: false,
                     }
                 };
                 Ok((id, author))
             })
             .collect()
+    }
+
+    /// What a profile event says, for this replica's memory.
+    pub async fn learn_profile(&self, change: &ProfileChange<'_>, version: &str) {
+        let author = if change.deleted {
+            deleted()
+        } else {
+            Author {
+                username: change.username.to_owned(),
+                bio: change.bio.map(str::to_owned),
+                image: change.image.map(str::to_owned),
+                following: false,
+            }
+        };
+        self.known
+            .learn(change.user_id.to_owned(), author, version)
+            .await;
+    }
+
+    /// What a follow event says, for this replica's memory.
+    pub async fn learn_follow(&self, follower: &str, followee: &str, follows: bool, version: &str) {
+        self.following
+            .learn((follower.to_owned(), followee.to_owned()), follows, version)
+            .await;
     }
 
     /// Profiles the projection lacks, from the user service; remembered so the
@@ -321,10 +424,11 @@ mod tests {
             .await
             .unwrap();
 
-        let seen = authors.projected(&["u1"], Some("fan")).await.unwrap();
+        let seen = authors.projected(&["u1"]).await.unwrap();
+        let followed = authors.following_among("fan", &["u1"]).await.unwrap();
 
         assert_eq!(seen["u1"].username, DELETED);
-        assert!(!seen["u1"].following);
+        assert!(followed.is_empty());
     }
 
     #[tokio::test]
@@ -355,12 +459,11 @@ mod tests {
             .await
             .unwrap();
 
-        let seen = authors.projected(&["u1"], Some("fan")).await.unwrap();
-        let anonymous = authors.projected(&["u1"], None).await.unwrap();
+        let seen = authors.projected(&["u1"]).await.unwrap();
+        let followed = authors.following_among("fan", &["u1"]).await.unwrap();
 
         assert_eq!(seen["u1"].username, "anna");
-        assert!(!seen["u1"].following);
-        assert!(!anonymous["u1"].following);
+        assert!(followed.is_empty());
         assert_eq!(authors.id_of("anna").await.unwrap().as_deref(), Some("u1"));
     }
 }

@@ -2,7 +2,8 @@
 //! Rooms are fed from the bus's live fan-out (`post.comment_added`,
 //! `post.comment_deleted`), not from the handler that made the change, so a
 //! watcher on any replica sees every change. A room disappears with its last
-//! watcher. The same feed drops cached articles that another replica changed.
+//! watcher. The same feed drops cached articles that another replica changed,
+//! and keeps every replica's memory of profiles, follows and favorites current.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use agora_proto::post::v1::{Comment, WatchCommentsResponse};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::authors::Authors;
+use crate::authors::{Authors, ProfileChange};
 use crate::cache::ReadCache;
 
 /// How many changes a slow watcher may fall behind before it misses some.
@@ -128,11 +129,55 @@ pub async fn run_fanout(
             types::ARTICLE_FAVORITED => {
                 if let Ok(favorited) = events::payload::<ev::ArticleFavorited>(&envelope) {
                     cache.forget_article(&favorited.slug).await;
+                    let key = (favorited.user_id, favorited.article_id);
+                    cache.favorited.learn(key, true, &envelope.id).await;
                 }
             }
             types::ARTICLE_UNFAVORITED => {
                 if let Ok(unfavorited) = events::payload::<ev::ArticleUnfavorited>(&envelope) {
                     cache.forget_article(&unfavorited.slug).await;
+                    let key = (unfavorited.user_id, unfavorited.article_id);
+                    cache.favorited.learn(key, false, &envelope.id).await;
+                }
+            }
+            // Profiles and follows: every replica's memory learns them from the
+            // events themselves, which carry the whole fact.
+            types::USER_UPDATED => {
+                if let Ok(e) = events::payload::<ev::UserUpdated>(&envelope) {
+                    let change = ProfileChange {
+                        user_id: &e.user_id,
+                        username: &e.username,
+                        bio: e.bio.as_deref(),
+                        image: e.image.as_deref(),
+                        deleted: false,
+                    };
+                    authors.learn_profile(&change, &envelope.id).await;
+                }
+            }
+            types::USER_DELETED => {
+                if let Ok(e) = events::payload::<ev::UserDeleted>(&envelope) {
+                    let change = ProfileChange {
+                        user_id: &e.user_id,
+                        username: &e.username,
+                        bio: None,
+                        image: None,
+                        deleted: true,
+                    };
+                    authors.learn_profile(&change, &envelope.id).await;
+                }
+            }
+            types::USER_FOLLOWED => {
+                if let Ok(e) = events::payload::<ev::UserFollowed>(&envelope) {
+                    authors
+                        .learn_follow(&e.follower_id, &e.followee_id, true, &envelope.id)
+                        .await;
+                }
+            }
+            types::USER_UNFOLLOWED => {
+                if let Ok(e) = events::payload::<ev::UserUnfollowed>(&envelope) {
+                    authors
+                        .learn_follow(&e.follower_id, &e.followee_id, false, &envelope.id)
+                        .await;
                 }
             }
             _ => {}
