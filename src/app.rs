@@ -110,11 +110,12 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
 }
 
 /// Event types every replica hears about, for its live streams.
-const LIVE_BINDINGS: [&str; 11] = [
+const LIVE_BINDINGS: [&str; 12] = [
     agora_kit::events::types::NOTIFICATION_CREATED,
     agora_kit::events::types::COMMENT_ADDED,
     agora_kit::events::types::COMMENT_DELETED,
     // Cache invalidation on every replica of the post service.
+    agora_kit::events::types::ARTICLE_PUBLISHED,
     agora_kit::events::types::ARTICLE_UPDATED,
     agora_kit::events::types::ARTICLE_DELETED,
     agora_kit::events::types::ARTICLE_FAVORITED,

@@ -74,6 +74,7 @@ impl PostApi {
         let article = match self.cache.article(slug).await {
             Some(article) => article,
             None => {
+                let loaded_at = self.cache.epoch();
                 let found = self
                     .store
                     .article_by_slug(slug)
@@ -81,7 +82,7 @@ impl PostApi {
                     .map_err(status::db)?
                     .ok_or_else(not_found_article)?;
                 let found = Arc::new(found);
-                self.cache.put_article(found.clone()).await;
+                self.cache.put_article(found.clone(), loaded_at).await;
                 found
             }
         };
@@ -216,11 +217,31 @@ impl PostApi {
         viewer: Option<&Principal>,
     ) -> Result<(Vec<pb::Article>, i32), Status> {
         let (limit, offset) = status::page(limit, offset)?;
-        let (rows, total) = self
+        let rows = self
             .store
             .list_articles(&filter, limit, offset)
             .await
             .map_err(status::db)?;
+        let scope = filter.kept_scope();
+        let total = match &scope {
+            Some(scope) => self.cache.count(scope).await,
+            None => None,
+        };
+        let total = match total {
+            Some(total) => total,
+            None => {
+                let loaded_at = self.cache.epoch();
+                let total = self
+                    .store
+                    .count_articles(&filter)
+                    .await
+                    .map_err(status::db)?;
+                if let Some(scope) = scope {
+                    self.cache.put_count(scope, total, loaded_at).await;
+                }
+                total
+            }
+        };
         let articles = self
             .render(&rows.into_iter().map(Arc::new).collect::<Vec<_>>(), viewer)
             .await?;
@@ -676,8 +697,9 @@ impl PostService for PostApi {
         let tags = match self.cache.tags().await {
             Some(tags) => tags,
             None => {
+                let loaded_at = self.cache.epoch();
                 let tags = Arc::new(self.store.all_tags().await.map_err(status::db)?);
-                self.cache.put_tags(tags.clone()).await;
+                self.cache.put_tags(tags.clone(), loaded_at).await;
                 tags
             }
         };

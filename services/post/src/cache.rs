@@ -5,6 +5,7 @@
 //! milliseconds), and the TTL bounds staleness should an event be lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -22,8 +23,14 @@ pub const FACT_TTL: Duration = Duration::from_secs(60);
 pub struct ReadCache {
     articles: Cache<String, Arc<ArticleRow>>,
     tags: Cache<(), Arc<Vec<String>>>,
+    /// Totals of the kept list scopes (`ArticleFilter::kept_scope`).
+    counts: Cache<String, i64>,
     /// (viewer, article id) → favorited.
     pub favorited: Versioned<(String, String), bool>,
+    /// Moves on every invalidation. A load records it before reading the database
+    /// and keeps what it read only if it has not moved since, so a load that raced
+    /// a write never caches what the write replaced.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Default for ReadCache {
@@ -34,7 +41,12 @@ impl Default for ReadCache {
                 .time_to_live(TTL)
                 .build(),
             tags: Cache::builder().max_capacity(1).time_to_live(TTL).build(),
+            counts: Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(TTL)
+                .build(),
             favorited: Versioned::new(50_000, FACT_TTL),
+            epoch: Arc::default(),
         }
     }
 }
@@ -52,22 +64,53 @@ impl ReadCache {
         self.articles.get(slug).await
     }
 
-    pub async fn put_article(&self, article: Arc<ArticleRow>) {
-        self.articles.insert(article.slug.clone(), article).await;
+    /// Where invalidations stand; take it before loading what is to be cached.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Forgets an article under its slug; and the tag list, which it may change.
+    /// Keeps `value` under `key` unless an invalidation came after `loaded_at`.
+    /// The check follows the insert, so an invalidation racing the insert either
+    /// removes the entry itself or is seen here.
+    async fn keep<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, loaded_at: u64)
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        cache.insert(key.clone(), value).await;
+        if self.epoch() != loaded_at {
+            cache.invalidate(&key).await;
+        }
+    }
+
+    pub async fn put_article(&self, article: Arc<ArticleRow>, loaded_at: u64) {
+        let slug = article.slug.clone();
+        self.keep(&self.articles, slug, article, loaded_at).await;
+    }
+
+    /// Forgets an article under its slug; and the tag list and the totals, which
+    /// it may change.
     pub async fn forget_article(&self, slug: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.articles.invalidate(slug).await;
         self.tags.invalidate(&()).await;
+        self.counts.invalidate_all();
+    }
+
+    pub async fn count(&self, scope: &str) -> Option<i64> {
+        self.counts.get(scope).await
+    }
+
+    pub async fn put_count(&self, scope: String, n: i64, loaded_at: u64) {
+        self.keep(&self.counts, scope, n, loaded_at).await;
     }
 
     pub async fn tags(&self) -> Option<Arc<Vec<String>>> {
         self.tags.get(&()).await
     }
 
-    pub async fn put_tags(&self, tags: Arc<Vec<String>>) {
-        self.tags.insert((), tags).await;
+    pub async fn put_tags(&self, tags: Arc<Vec<String>>, loaded_at: u64) {
+        self.keep(&self.tags, (), tags, loaded_at).await;
     }
 }
 

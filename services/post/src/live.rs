@@ -121,6 +121,11 @@ pub async fn run_fanout(
                     }
                 }
             }
+            types::ARTICLE_PUBLISHED => {
+                if let Ok(published) = events::payload::<ev::ArticlePublished>(&envelope) {
+                    cache.forget_article(&published.slug).await;
+                }
+            }
             types::ARTICLE_DELETED => {
                 if let Ok(deleted) = events::payload::<ev::ArticleDeleted>(&envelope) {
                     cache.forget_article(&deleted.slug).await;

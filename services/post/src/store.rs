@@ -2,7 +2,7 @@
 //! PostgreSQL through sqlx's `Any` driver. Multi-row writes (an article and its
 //! tags, a favorite and the count) commit in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use agora_kit::db::{Db, now_micros, unique_violation};
 use agora_kit::events::relay::Wake;
@@ -96,6 +96,73 @@ pub struct ArticleFilter {
     pub authors_in: Option<Vec<String>>,
 }
 
+impl ArticleFilter {
+    /// The `article_count` row that holds this filter's total, when one is kept:
+    /// `''` for all published articles, `tag:<tag>` per tag.
+    pub fn kept_scope(&self) -> Option<String> {
+        if self.author_id.is_some() || self.favorited_by.is_some() || self.authors_in.is_some() {
+            return None;
+        }
+        Some(
+            self.tag
+                .as_ref()
+                .map(|t| format!("tag:{t}"))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// The FROM and WHERE of the published articles a filter matches, with the values
+/// its placeholders (`$1`, …) stand for.
+struct Matching {
+    from: String,
+    conditions: String,
+    values: Vec<String>,
+}
+
+impl Matching {
+    /// `None` when nothing can match (a feed of nobody).
+    fn of(filter: &ArticleFilter) -> Option<Self> {
+        let mut from = String::from("FROM article a");
+        let mut conditions = vec!["a.published = 1".to_owned()];
+        let mut values: Vec<String> = Vec::new();
+        if let Some(tag) = &filter.tag {
+            values.push(tag.clone());
+            from.push_str(&format!(
+                " JOIN article_tag t ON t.article_id = a.id AND t.tag = ${}",
+                values.len()
+            ));
+        }
+        if let Some(user) = &filter.favorited_by {
+            values.push(user.clone());
+            from.push_str(&format!(
+                " JOIN favorite f ON f.article_id = a.id AND f.user_id = ${}",
+                values.len()
+            ));
+        }
+        if let Some(author) = &filter.author_id {
+            values.push(author.clone());
+            conditions.push(format!("a.author_id = ${}", values.len()));
+        }
+        if let Some(authors) = &filter.authors_in {
+            if authors.is_empty() {
+                return None;
+            }
+            let first = values.len() + 1;
+            values.extend(authors.iter().cloned());
+            conditions.push(format!(
+                "a.author_id IN ({})",
+                agora_kit::db::placeholders(first, authors.len())
+            ));
+        }
+        Some(Self {
+            from,
+            conditions: conditions.join(" AND "),
+            values,
+        })
+    }
+}
+
 /// Changes to an article; `None` leaves a column as it is.
 #[derive(Debug, Default)]
 pub struct ArticleChanges {
@@ -124,6 +191,32 @@ fn slug_taken(err: sqlx::Error) -> StoreError {
 
 const ARTICLE_COLUMNS: &str = "a.id, a.slug, a.author_id, a.title, a.description, a.body, \
      a.published, a.favorites_count, a.created_at, a.updated_at";
+
+/// `SELECT`s of article rows (columns of [`ARTICLE_COLUMNS`], newest first) with
+/// each article's tags joined in: one row per tag (or one with a NULL tag), so a
+/// page and its tags come back in one round trip. See [`articles_with_tags`].
+fn with_tags(articles: &str) -> String {
+    format!(
+        "SELECT p.*, t.tag FROM ({articles}) p \
+         LEFT JOIN article_tag t ON t.article_id = p.id \
+         ORDER BY p.created_at DESC, p.id DESC, t.tag"
+    )
+}
+
+/// Folds the rows of a [`with_tags`] query into articles, in order.
+fn articles_with_tags(rows: &[AnyRow]) -> Result<Vec<ArticleRow>, sqlx::Error> {
+    let mut articles: Vec<ArticleRow> = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        if articles.last().is_none_or(|a| a.id != id) {
+            articles.push(article(row)?);
+        }
+        if let Some(tag) = row.try_get::<Option<String>, _>("tag")? {
+            articles.last_mut().expect("pushed above").tags.push(tag);
+        }
+    }
+    Ok(articles)
+}
 
 fn article(row: &AnyRow) -> Result<ArticleRow, sqlx::Error> {
     Ok(ArticleRow {
@@ -354,21 +447,14 @@ impl Store {
         condition: &'static str,
         value: &str,
     ) -> Result<Option<ArticleRow>, sqlx::Error> {
-        let sql = format!("SELECT {ARTICLE_COLUMNS} FROM article a WHERE {condition}");
-        let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        let sql = with_tags(&format!(
+            "SELECT {ARTICLE_COLUMNS} FROM article a WHERE {condition}"
+        ));
+        let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(value)
-            .fetch_optional(self.db.pool())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut found = article(&row)?;
-        found.tags = self
-            .tags_of(std::slice::from_ref(&found.id))
-            .await?
-            .remove(&found.id)
-            .unwrap_or_default();
-        Ok(Some(found))
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(articles_with_tags(&rows)?.pop())
     }
 
     /// Applies changes; `None` when the article is gone.
@@ -572,83 +658,28 @@ impl Store {
         outbox::commit(tx, &self.wake).await
     }
 
-    /// One page of published articles, newest first, and how many match in all.
+    /// One page of published articles, newest first, with their tags, in one query.
     #[tracing::instrument(skip_all, err)]
     pub async fn list_articles(
         &self,
         filter: &ArticleFilter,
         limit: i64,
         offset: i64,
-    ) -> Result<(Vec<ArticleRow>, i64), sqlx::Error> {
-        let mut from = String::from("FROM article a");
-        let mut conditions = vec!["a.published = 1".to_owned()];
-        let mut values: Vec<String> = Vec::new();
-        if let Some(tag) = &filter.tag {
-            values.push(tag.clone());
-            from.push_str(&format!(
-                " JOIN article_tag t ON t.article_id = a.id AND t.tag = ${}",
-                values.len()
-            ));
-        }
-        if let Some(user) = &filter.favorited_by {
-            values.push(user.clone());
-            from.push_str(&format!(
-                " JOIN favorite f ON f.article_id = a.id AND f.user_id = ${}",
-                values.len()
-            ));
-        }
-        if let Some(author) = &filter.author_id {
-            values.push(author.clone());
-            conditions.push(format!("a.author_id = ${}", values.len()));
-        }
-        if let Some(authors) = &filter.authors_in {
-            if authors.is_empty() {
-                return Ok((Vec::new(), 0));
-            }
-            let first = values.len() + 1;
-            values.extend(authors.iter().cloned());
-            conditions.push(format!(
-                "a.author_id IN ({})",
-                agora_kit::db::placeholders(first, authors.len())
-            ));
-        }
-        let where_clause = conditions.join(" AND ");
-
-        let kept_count = filter.author_id.is_none()
-            && filter.favorited_by.is_none()
-            && filter.authors_in.is_none();
-        let total: i64 = if kept_count {
-            let scope = filter
-                .tag
-                .as_ref()
-                .map(|t| format!("tag:{t}"))
-                .unwrap_or_default();
-            sqlx::query("SELECT n FROM article_count WHERE scope = $1")
-                .bind(scope)
-                .fetch_optional(self.db.pool())
-                .await?
-                .map(|row| row.try_get(0))
-                .transpose()?
-                .unwrap_or(0)
-        } else {
-            let count_sql =
-                format!("SELECT COUNT(*) FROM (SELECT a.id {from} WHERE {where_clause}) n");
-            let mut count = sqlx::query(AssertSqlSafe(count_sql));
-            for v in &values {
-                count = count.bind(v);
-            }
-            count.fetch_one(self.db.pool()).await?.try_get(0)?
+    ) -> Result<Vec<ArticleRow>, sqlx::Error> {
+        let Some(matching) = Matching::of(filter) else {
+            return Ok(Vec::new());
         };
-
-        let n = values.len();
-        let page_sql = format!(
-            "SELECT {ARTICLE_COLUMNS} {from} WHERE {where_clause} \
+        let n = matching.values.len();
+        let page_sql = with_tags(&format!(
+            "SELECT {ARTICLE_COLUMNS} {} WHERE {} \
              ORDER BY a.created_at DESC, a.id DESC LIMIT ${} OFFSET ${}",
+            matching.from,
+            matching.conditions,
             n + 1,
             n + 2
-        );
+        ));
         let mut page = sqlx::query(AssertSqlSafe(page_sql));
-        for v in &values {
+        for v in &matching.values {
             page = page.bind(v);
         }
         let rows = page
@@ -656,38 +687,35 @@ impl Store {
             .bind(offset)
             .fetch_all(self.db.pool())
             .await?;
-        let mut articles = rows.iter().map(article).collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<String> = articles.iter().map(|a| a.id.clone()).collect();
-        let mut tags = self.tags_of(&ids).await?;
-        for a in &mut articles {
-            a.tags = tags.remove(&a.id).unwrap_or_default();
-        }
-        Ok((articles, total))
+        articles_with_tags(&rows)
     }
 
-    /// Tags of many articles in one query, sorted.
-    pub async fn tags_of(
-        &self,
-        ids: &[String],
-    ) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
-        let mut tags: HashMap<String, Vec<String>> = HashMap::new();
-        if ids.is_empty() {
-            return Ok(tags);
+    /// How many published articles match `filter` in all: one kept row for the
+    /// unfiltered and per-tag lists ([`ArticleFilter::kept_scope`]), a count over
+    /// the (small, indexed) matching set otherwise.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn count_articles(&self, filter: &ArticleFilter) -> Result<i64, sqlx::Error> {
+        if let Some(scope) = filter.kept_scope() {
+            return sqlx::query("SELECT n FROM article_count WHERE scope = $1")
+                .bind(scope)
+                .fetch_optional(self.db.pool())
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map(Option::unwrap_or_default);
         }
-        let sql = format!(
-            "SELECT article_id, tag FROM article_tag WHERE article_id IN ({}) ORDER BY tag",
-            agora_kit::db::placeholders(1, ids.len())
+        let Some(matching) = Matching::of(filter) else {
+            return Ok(0);
+        };
+        let count_sql = format!(
+            "SELECT COUNT(*) FROM (SELECT a.id {} WHERE {}) n",
+            matching.from, matching.conditions
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(id);
+        let mut count = sqlx::query(AssertSqlSafe(count_sql));
+        for v in &matching.values {
+            count = count.bind(v);
         }
-        for row in query.fetch_all(self.db.pool()).await? {
-            tags.entry(row.try_get(0)?)
-                .or_default()
-                .push(row.try_get(1)?);
-        }
-        Ok(tags)
+        count.fetch_one(self.db.pool()).await?.try_get(0)
     }
 
     /// Which of `ids` `user_id` has favorited, in one query.
