@@ -32,7 +32,8 @@ async fn notifications_until(app: &TestApp, token: &str, unread: usize) -> Answe
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("notifications did not arrive in time");
+    let last = app.get("/api/notifications", Some(token)).await;
+    panic!("{unread} notifications did not arrive in time: {}", last.body);
 }
 
 fn kinds(answer: &Answer) -> Vec<String> {
@@ -52,6 +53,10 @@ async fn each_action_notifies_the_right_people_and_never_the_actor(app: TestApp)
         .await;
     app.post("/api/profiles/author/follow", Some(&other.token), json!({}))
         .await;
+    // Follows and articles come from different services, whose events may reach
+    // the notification service in either order: a follower is notified of the
+    // articles published after their follow was seen there.
+    notifications_until(&app, &author.token, 2).await;
 
     let slug = app.article(&author.token, "News", &[]).await;
     app.post(
