@@ -4,6 +4,10 @@
 //! from a [`JwksSource`] (the auth service over gRPC, or its own key ring inside
 //! the auth service), are cached, and are fetched again when a token names a `kid`
 //! the cache does not hold — that is how a key rotation reaches every replica.
+//!
+//! A token that verified is remembered for a minute (never past its expiry), so a
+//! client's requests after the first skip the signature check: an Ed25519
+//! verification costs more than the rest of a cached article read.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -137,7 +141,13 @@ struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
+    /// Tokens that verified, with their claims; see [`VERIFIED_TTL`].
+    verified: moka::future::Cache<String, Arc<Claims>>,
 }
+
+/// How long a verified token is remembered. It bounds how long a token signed by
+/// a key that has since left the JWKS keeps working on a replica.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 impl TokenVerifier {
     pub fn new(source: impl JwksSource, issuer: &str, audience: &str) -> Self {
@@ -152,12 +162,43 @@ impl TokenVerifier {
                 keys: RwLock::new(HashMap::new()),
                 last_fetch: Mutex::new(None),
                 validation,
+                verified: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(VERIFIED_TTL)
+                    .build(),
             }),
         }
     }
 
     /// Checks a raw JWT.
     pub async fn verify(&self, token: &str) -> Result<Principal, Status> {
+        let claims = match self.inner.verified.get(token).await {
+            // The same expiry rule as a full check, leeway included.
+            Some(claims) if claims.exp + self.leeway() > unix_now() => claims,
+            Some(_) => return Err(Status::unauthenticated("token expired")),
+            None => {
+                let claims = Arc::new(self.check(token).await?);
+                self.inner
+                    .verified
+                    .insert(token.to_owned(), claims.clone())
+                    .await;
+                claims
+            }
+        };
+        Ok(Principal {
+            user_id: claims.sub.clone(),
+            session_id: claims.sid.clone(),
+            role: claims.role,
+            token: token.to_owned(),
+        })
+    }
+
+    fn leeway(&self) -> i64 {
+        i64::try_from(self.inner.validation.leeway).unwrap_or(0)
+    }
+
+    /// The signature, issuer, audience and expiry of a token not seen before.
+    async fn check(&self, token: &str) -> Result<Claims, Status> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Status::unauthenticated("malformed token"))?;
         let kid = header
@@ -173,13 +214,7 @@ impl TokenVerifier {
                     _ => Status::unauthenticated("invalid token"),
                 }
             })?;
-        let claims = data.claims;
-        Ok(Principal {
-            user_id: claims.sub,
-            session_id: claims.sid,
-            role: claims.role,
-            token: token.to_owned(),
-        })
+        Ok(data.claims)
     }
 
     /// The caller, when the request carries a token; an absent header is anonymous,
@@ -233,6 +268,12 @@ impl TokenVerifier {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The token in `authorization: Bearer <jwt>` or Conduit's `Token <jwt>`.
 pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<Option<&str>, Status> {
     let Some(value) = metadata.get("authorization") else {
@@ -282,6 +323,79 @@ mod tests {
             let err = bearer(&with_auth(bad)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
         }
+    }
+
+    struct OneKey(String);
+
+    impl JwksSource for OneKey {
+        fn fetch(
+            &self,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<PublicKey>>> + Send + '_>> {
+            let key = PublicKey {
+                kid: "k1".into(),
+                x: self.0.clone(),
+            };
+            Box::pin(async move { Ok(vec![key]) })
+        }
+    }
+
+    fn signed(exp_in: i64) -> (TokenVerifier, String) {
+        use base64::Engine as _;
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(signing.verifying_key().to_bytes());
+        let pem = signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        let now = unix_now();
+        let claims = Claims {
+            sub: "u1".into(),
+            sid: "s1".into(),
+            role: Role::User,
+            iss: "agora".into(),
+            aud: "agora".into(),
+            iat: now,
+            exp: now + exp_in,
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        (TokenVerifier::new(OneKey(x), "agora", "agora"), token)
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_answers_alike_and_still_expires() {
+        let (verifier, token) = signed(600);
+        let first = verifier.verify(&token).await.unwrap();
+        let again = verifier.verify(&token).await.unwrap();
+        assert_eq!((first.user_id, first.role), (again.user_id, again.role));
+
+        // The same token, remembered with an expiry long past.
+        let mut claims = (*verifier.inner.verified.get(&token).await.unwrap()).clone();
+        claims.exp = unix_now() - 3600;
+        verifier
+            .inner
+            .verified
+            .insert(token.clone(), Arc::new(claims))
+            .await;
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert_eq!(err.message(), "token expired");
+    }
+
+    #[tokio::test]
+    async fn a_token_that_fails_is_never_remembered() {
+        let (verifier, token) = signed(600);
+        // One signature character changed, well inside the signature.
+        let at = token.len() - 10;
+        let swapped = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+        for _ in 0..2 {
+            let err = verifier.verify(&forged).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        }
+        assert!(verifier.inner.verified.get(&forged).await.is_none());
     }
 
     #[test]
