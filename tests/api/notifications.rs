@@ -33,7 +33,10 @@ async fn notifications_until(app: &TestApp, token: &str, unread: usize) -> Answe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let last = app.get("/api/notifications", Some(token)).await;
-    panic!("{unread} notifications did not arrive in time: {}", last.body);
+    panic!(
+        "{unread} notifications did not arrive in time: {}",
+        last.body
+    );
 }
 
 fn kinds(answer: &Answer) -> Vec<String> {
