@@ -1,6 +1,7 @@
-//! A tonic [`Codec`] over [`DynamicMessage`], so the gateway can call any RPC of the
-//! contract without generated types: encoding is plain protobuf, decoding uses the
-//! method's output descriptor.
+//! Tonic [`Codec`]s over [`DynamicMessage`], so the gateway can call any RPC of the
+//! contract without generated types: encoding is plain protobuf; decoding uses the
+//! method's output descriptor ([`DynamicCodec`]) or keeps the encoded bytes for the
+//! JSON writer ([`RawCodec`], unary REST calls).
 
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -61,5 +62,38 @@ impl Decoder for DynamicDecoder {
         DynamicMessage::decode(self.0.clone(), src)
             .map(Some)
             .map_err(|e| Status::internal(format!("decoding the response: {e}")))
+    }
+}
+
+/// Sends a [`DynamicMessage`]; yields each answer as its encoded bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = DynamicMessage;
+    type Decode = bytes::Bytes;
+    type Encoder = DynamicEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+/// Takes a message's bytes as they came.
+#[derive(Debug, Clone, Copy)]
+pub struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

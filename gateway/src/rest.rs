@@ -19,7 +19,7 @@ use tonic::codec::Streaming;
 use crate::error::GatewayError;
 use crate::metrics::MatchedRoute;
 use crate::route::{BodyRule, Route, RouteMiss, RouteTable, find_field};
-use crate::transcode::{build_message, render_message, response::render_field};
+use crate::transcode::{build_message, render_message, wire};
 use crate::upstream::{self, ClientIp, Upstreams};
 
 /// How often an idle event stream sends a comment, so proxies keep it open.
@@ -88,7 +88,7 @@ impl Rest {
         let reply = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| GatewayError::Timeout)??;
-        Ok(json_response(&route, &reply))
+        json_response(&route, &reply)
     }
 }
 
@@ -133,24 +133,32 @@ fn check_content_type(headers: &HeaderMap, body: &Bytes) -> Result<(), GatewayEr
     }
 }
 
-fn json_response(route: &Route, reply: &DynamicMessage) -> Response {
+/// The answer's JSON, written from its encoded bytes.
+fn json_response(route: &Route, reply: &[u8]) -> Result<Response, GatewayError> {
     if route.success == StatusCode::NO_CONTENT {
-        return StatusCode::NO_CONTENT.into_response();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let json = match &route.response_body {
-        Some(field) => match find_field(&reply.descriptor(), field) {
-            Some(field) => render_field(reply, &field),
-            None => serde_json::Value::Null,
+    let output = route.method.output();
+    // Most answers fit; a page of articles grows it a few times.
+    let mut json = Vec::with_capacity(reply.len() * 2 + 64);
+    let written = match &route.response_body {
+        Some(field) => match find_field(&output, field) {
+            Some(field) => wire::write_field(&mut json, &field, reply),
+            None => {
+                json.extend_from_slice(b"null");
+                Ok(())
+            }
         },
-        None => render_message(reply),
+        None => wire::write_message(&mut json, &output, reply),
     };
-    let mut response = Response::new(Body::from(json.to_string()));
+    written.map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut response = Response::new(Body::from(json));
     *response.status_mut() = route.success;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
+    Ok(response)
 }
 
 fn sse_response(stream: Streaming<DynamicMessage>) -> Response {

@@ -14,7 +14,7 @@ use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::codec::Streaming;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
-use crate::codec::DynamicCodec;
+use crate::codec::{DynamicCodec, RawCodec};
 use crate::error::GatewayError;
 use crate::route::grpc_path;
 
@@ -103,35 +103,32 @@ fn path_of(method: &MethodDescriptor) -> Result<PathAndQuery, GatewayError> {
     PathAndQuery::try_from(grpc_path(method)).map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
-/// Calls a unary RPC. `timeout` becomes the `grpc-timeout` the service sees.
+/// Calls a unary RPC and returns its answer encoded. `timeout` becomes the
+/// `grpc-timeout` the service sees.
 pub async fn call_unary(
     channel: Upstream,
     method: &MethodDescriptor,
     message: DynamicMessage,
     metadata: MetadataMap,
     timeout: Duration,
-) -> Result<DynamicMessage, GatewayError> {
+) -> Result<bytes::Bytes, GatewayError> {
     let mut request = request(message, metadata);
     request.set_timeout(timeout);
     let started = std::time::Instant::now();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(unavailable)?;
-    grpc.unary(
-        request,
-        path_of(method)?,
-        DynamicCodec::new(method.output()),
-    )
-    .await
-    .map(tonic::Response::into_inner)
-    .map_err(|status| {
-        // tonic servers answer an expired `grpc-timeout` with CANCELLED; once our
-        // deadline has passed, that is a deadline, not a client going away.
-        if status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout {
-            GatewayError::Timeout
-        } else {
-            GatewayError::Upstream(status)
-        }
-    })
+    grpc.unary(request, path_of(method)?, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| {
+            // tonic servers answer an expired `grpc-timeout` with CANCELLED; once our
+            // deadline has passed, that is a deadline, not a client going away.
+            if status.code() == tonic::Code::Cancelled && started.elapsed() >= timeout {
+                GatewayError::Timeout
+            } else {
+                GatewayError::Upstream(status)
+            }
+        })
 }
 
 /// Opens a server-streaming RPC. No deadline: streams live as long as the client.
