@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use agora_kit::db::{Db, now_micros, unique_violation};
+use agora_kit::db::{Backend, Db, now_micros, unique_violation};
 use agora_kit::events::relay::Wake;
 use agora_kit::events::{self, outbox, types};
 use agora_proto::events::v1 as ev;
@@ -192,30 +192,28 @@ fn slug_taken(err: sqlx::Error) -> StoreError {
 const ARTICLE_COLUMNS: &str = "a.id, a.slug, a.author_id, a.title, a.description, a.body, \
      a.published, a.favorites_count, a.created_at, a.updated_at";
 
-/// `SELECT`s of article rows (columns of [`ARTICLE_COLUMNS`], newest first) with
-/// each article's tags joined in: one row per tag (or one with a NULL tag), so a
-/// page and its tags come back in one round trip. See [`articles_with_tags`].
-fn with_tags(articles: &str) -> String {
-    format!(
-        "SELECT p.*, t.tag FROM ({articles}) p \
-         LEFT JOIN article_tag t ON t.article_id = p.id \
-         ORDER BY p.created_at DESC, p.id DESC, t.tag"
-    )
-}
-
-/// Folds the rows of a [`with_tags`] query into articles, in order.
-fn articles_with_tags(rows: &[AnyRow]) -> Result<Vec<ArticleRow>, sqlx::Error> {
-    let mut articles: Vec<ArticleRow> = Vec::new();
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        if articles.last().is_none_or(|a| a.id != id) {
-            articles.push(article(row)?);
+/// An article's tags as one column, sorted and joined by U+001F (tags never hold
+/// control characters), so a page comes back as one row per article in one query.
+fn tags_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => {
+            "(SELECT string_agg(t.tag, chr(31) ORDER BY t.tag) \
+             FROM article_tag t WHERE t.article_id = a.id) AS tags"
         }
-        if let Some(tag) = row.try_get::<Option<String>, _>("tag")? {
-            articles.last_mut().expect("pushed above").tags.push(tag);
+        Backend::Sqlite => {
+            "(SELECT group_concat(tag, char(31)) FROM \
+             (SELECT t.tag FROM article_tag t WHERE t.article_id = a.id ORDER BY t.tag)) AS tags"
         }
     }
-    Ok(articles)
+}
+
+/// An article selected with its [`tags_column`].
+fn tagged_article(row: &AnyRow) -> Result<ArticleRow, sqlx::Error> {
+    let mut found = article(row)?;
+    if let Some(tags) = row.try_get::<Option<String>, _>("tags")? {
+        found.tags = tags.split('\u{1f}').map(str::to_owned).collect();
+    }
+    Ok(found)
 }
 
 fn article(row: &AnyRow) -> Result<ArticleRow, sqlx::Error> {
@@ -447,14 +445,17 @@ impl Store {
         condition: &'static str,
         value: &str,
     ) -> Result<Option<ArticleRow>, sqlx::Error> {
-        let sql = with_tags(&format!(
-            "SELECT {ARTICLE_COLUMNS} FROM article a WHERE {condition}"
-        ));
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let sql = format!(
+            "SELECT {ARTICLE_COLUMNS}, {} FROM article a WHERE {condition}",
+            tags_column(self.db.backend())
+        );
+        sqlx::query(AssertSqlSafe(sql))
             .bind(value)
-            .fetch_all(self.db.pool())
-            .await?;
-        Ok(articles_with_tags(&rows)?.pop())
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(tagged_article)
+            .transpose()
     }
 
     /// Applies changes; `None` when the article is gone.
@@ -670,14 +671,15 @@ impl Store {
             return Ok(Vec::new());
         };
         let n = matching.values.len();
-        let page_sql = with_tags(&format!(
-            "SELECT {ARTICLE_COLUMNS} {} WHERE {} \
+        let page_sql = format!(
+            "SELECT {ARTICLE_COLUMNS}, {} {} WHERE {} \
              ORDER BY a.created_at DESC, a.id DESC LIMIT ${} OFFSET ${}",
+            tags_column(self.db.backend()),
             matching.from,
             matching.conditions,
             n + 1,
             n + 2
-        ));
+        );
         let mut page = sqlx::query(AssertSqlSafe(page_sql));
         for v in &matching.values {
             page = page.bind(v);
@@ -687,7 +689,7 @@ impl Store {
             .bind(offset)
             .fetch_all(self.db.pool())
             .await?;
-        articles_with_tags(&rows)
+        rows.iter().map(tagged_article).collect()
     }
 
     /// How many published articles match `filter` in all: one kept row for the
