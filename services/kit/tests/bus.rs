@@ -390,3 +390,72 @@ async fn live_fan_out_reaches_every_replica() {
     }
     shutdown.cancel();
 }
+
+/// Keys events by their follower's first letter; events of `slow…` followers take
+/// 300 ms each.
+#[derive(Default)]
+struct Lanes {
+    seen: Mutex<Vec<String>>,
+}
+
+impl Handler for Lanes {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            let payload: UserFollowed = events::payload(envelope)?;
+            if payload.follower_id.starts_with("slow") {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.seen.lock().unwrap().push(payload.follower_id);
+            Ok(())
+        })
+    }
+
+    fn order_key(&self, envelope: &Envelope) -> u64 {
+        events::payload::<UserFollowed>(envelope)
+            .ok()
+            .and_then(|p| p.follower_id.bytes().next())
+            .map_or(0, u64::from)
+    }
+}
+
+#[tokio::test]
+async fn rabbitmq_keeps_order_within_a_key_while_other_keys_go_ahead() {
+    let Some(url) = amqp_url() else {
+        eprintln!("AGORA_TEST_AMQP_URL not set: RabbitMQ case skipped");
+        return;
+    };
+    let shutdown = CancellationToken::new();
+    let bus: Arc<dyn Bus> =
+        RabbitBus::start(url, "agora-test", vec![], vec![], shutdown.clone()).await;
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let kind = leak(format!("test.{tag}.followed"));
+    let name = leak(format!("test-{tag}"));
+    let lanes = Arc::new(Lanes::default());
+    let consumer = Consumer {
+        name,
+        bindings: vec![leak(format!("test.{tag}.*"))],
+        handler: lanes.clone(),
+        db: sqlite("lanes").await,
+        retry: RetryPolicy::default(),
+    };
+    bus.start_consumer(consumer, shutdown.clone())
+        .await
+        .unwrap();
+    eventually("the bus to connect", || bus.is_healthy()).await;
+
+    let names = ["slow-1", "slow-2", "slow-3", "fast-1", "fast-2", "fast-3"];
+    let batch: Vec<Envelope> = names.iter().map(|n| event(kind, n)).collect();
+    bus.publish(&batch).await.unwrap();
+    eventually("every event", || lanes.seen.lock().unwrap().len() == 6).await;
+
+    let seen = lanes.seen.lock().unwrap().clone();
+    let position = |n: &str| seen.iter().position(|s| s == n).unwrap();
+    assert!(position("slow-1") < position("slow-2") && position("slow-2") < position("slow-3"));
+    assert!(position("fast-1") < position("fast-2") && position("fast-2") < position("fast-3"));
+    assert!(
+        position("fast-3") < position("slow-1"),
+        "the fast key waited behind the slow one: {seen:?}"
+    );
+    shutdown.cancel();
+    remove_queues(&amqp_url().unwrap(), name).await;
+}

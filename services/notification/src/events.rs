@@ -54,6 +54,23 @@ enum Event {
     Favorited(ev::ArticleFavorited),
 }
 
+impl Event {
+    /// The account whose followers, feed or notifications the event changes:
+    /// the followed, the author, the account itself.
+    fn subject(&self) -> &str {
+        match self {
+            Event::Registered(e) => &e.user_id,
+            Event::Updated(e) => &e.user_id,
+            Event::Deleted(e) => &e.user_id,
+            Event::Followed(e) => &e.followee_id,
+            Event::Unfollowed(e) => &e.followee_id,
+            Event::Published(e) => &e.author_id,
+            Event::Commented(e) => &e.article_author_id,
+            Event::Favorited(e) => &e.article_author_id,
+        }
+    }
+}
+
 /// Why applying an event failed inside its transaction.
 #[derive(Debug, thiserror::Error)]
 enum EffectError {
@@ -123,6 +140,21 @@ impl EventHandler {
 impl Handler for EventHandler {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(self.apply(envelope))
+    }
+
+    /// Events about one account stay in order (a follow, then the unfollow; the
+    /// follows of an author, then their article); different accounts' events are
+    /// handled side by side.
+    fn order_key(&self, envelope: &Envelope) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        match decode(envelope) {
+            Ok(Some(event)) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                event.subject().hash(&mut hasher);
+                hasher.finish()
+            }
+            _ => 0,
+        }
     }
 }
 

@@ -112,4 +112,32 @@ impl Handler for EventHandler {
             applied.map_err(|e| HandleError::Retry(e.into()))
         })
     }
+
+    /// Projection writes keep the newest version whatever the order, so only one
+    /// account's deletion must not run beside its other events: events are keyed
+    /// by the account they are about.
+    fn order_key(&self, envelope: &Envelope) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let account = match envelope.r#type.as_str() {
+            types::USER_FOLLOWED => events::payload::<ev::UserFollowed>(envelope)
+                .map(|e| e.follower_id)
+                .ok(),
+            types::USER_UNFOLLOWED => events::payload::<ev::UserUnfollowed>(envelope)
+                .map(|e| e.follower_id)
+                .ok(),
+            types::USER_REGISTERED => events::payload::<ev::UserRegistered>(envelope)
+                .map(|e| e.user_id)
+                .ok(),
+            types::USER_UPDATED => events::payload::<ev::UserUpdated>(envelope)
+                .map(|e| e.user_id)
+                .ok(),
+            types::USER_DELETED => events::payload::<ev::UserDeleted>(envelope)
+                .map(|e| e.user_id)
+                .ok(),
+            _ => None,
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        account.hash(&mut hasher);
+        hasher.finish()
+    }
 }

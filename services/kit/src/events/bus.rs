@@ -28,6 +28,13 @@ pub enum HandleError {
 /// Applies one event. Must be idempotent (use the inbox): delivery is at least once.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandleError>>;
+
+    /// Events with the same key are handled one after another, in the order the
+    /// broker delivers them; events with different keys may be handled at the same
+    /// time. The default puts every event under one key: strictly one at a time.
+    fn order_key(&self, _envelope: &Envelope) -> u64 {
+        0
+    }
 }
 
 /// How often and how patiently a consumer retries.

@@ -41,7 +41,11 @@ const ATTEMPT_HEADER: &str = "x-agora-attempt";
 /// Header carrying the last error of a dead letter.
 const ERROR_HEADER: &str = "x-agora-error";
 /// Unacknowledged messages in flight per consumer.
-const PREFETCH: u16 = 32;
+const PREFETCH: u16 = 64;
+
+/// Deliveries of one consumer handled at once, at most, each lane keeping the order
+/// of one set of [`super::Handler::order_key`]s.
+const LANES: usize = 8;
 
 /// Exchange and queue names under one namespace.
 #[derive(Debug, Clone)]
@@ -317,6 +321,29 @@ async fn start_consuming(
             FieldTable::default(),
         )
         .await?;
+    // Lanes: a delivery goes to the lane of its order key, so events that must
+    // stay in order do, and the others do not wait behind them. Acks are per
+    // delivery, so a lane finishing early never acknowledges another's work.
+    let consumer = Arc::new(consumer);
+    let channel = Arc::new(channel);
+    let mut lanes = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        let (lane, mut queued) =
+            tokio::sync::mpsc::channel::<lapin::message::Delivery>(usize::from(PREFETCH));
+        lanes.push(lane);
+        let (channel, names, consumer) = (channel.clone(), names.clone(), consumer.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = queued.recv().await {
+                if let Err(err) = handle_delivery(&channel, &names, &consumer, delivery).await {
+                    tracing::warn!(
+                        consumer = consumer.name,
+                        error = format!("{err:#}"),
+                        "delivery handling failed"
+                    );
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
@@ -327,12 +354,12 @@ async fn start_consuming(
                     _ => return,
                 },
             };
-            if let Err(err) = handle_delivery(&channel, &names, &consumer, delivery).await {
-                tracing::warn!(
-                    consumer = consumer.name,
-                    error = format!("{err:#}"),
-                    "delivery handling failed"
-                );
+            // Undecodable deliveries go to lane 0, which dead-letters them.
+            let key = Envelope::decode(delivery.data.as_slice())
+                .map_or(0, |envelope| consumer.handler.order_key(&envelope));
+            let lane = &lanes[(key % LANES as u64) as usize];
+            if lane.send(delivery).await.is_err() {
+                return;
             }
         }
     });
