@@ -55,18 +55,19 @@ enum Event {
 }
 
 impl Event {
-    /// The account whose followers, feed or notifications the event changes:
-    /// the followed, the author, the account itself.
-    fn subject(&self) -> &str {
+    /// What the event is about, for its order: one follow relationship (a follow
+    /// and its unfollow stay in order; a popular author's many new followers do
+    /// not wait for each other), else the account whose notifications it changes.
+    fn subject(&self) -> (&str, &str) {
         match self {
-            Event::Registered(e) => &e.user_id,
-            Event::Updated(e) => &e.user_id,
-            Event::Deleted(e) => &e.user_id,
-            Event::Followed(e) => &e.followee_id,
-            Event::Unfollowed(e) => &e.followee_id,
-            Event::Published(e) => &e.author_id,
-            Event::Commented(e) => &e.article_author_id,
-            Event::Favorited(e) => &e.article_author_id,
+            Event::Registered(e) => (&e.user_id, ""),
+            Event::Updated(e) => (&e.user_id, ""),
+            Event::Deleted(e) => (&e.user_id, ""),
+            Event::Followed(e) => (&e.followee_id, &e.follower_id),
+            Event::Unfollowed(e) => (&e.followee_id, &e.follower_id),
+            Event::Published(e) => (&e.author_id, ""),
+            Event::Commented(e) => (&e.article_author_id, ""),
+            Event::Favorited(e) => (&e.article_author_id, ""),
         }
     }
 }
@@ -142,9 +143,8 @@ impl Handler for EventHandler {
         Box::pin(self.apply(envelope))
     }
 
-    /// Events about one account stay in order (a follow, then the unfollow; the
-    /// follows of an author, then their article); different accounts' events are
-    /// handled side by side.
+    /// Events about one follow relationship or one account stay in order;
+    /// the others are handled side by side.
     fn order_key(&self, envelope: &Envelope) -> u64 {
         use std::hash::{Hash as _, Hasher as _};
         match decode(envelope) {
