@@ -172,16 +172,7 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
     )
     .await?;
     let per_user = plan.follows.min(plan.users.saturating_sub(1));
-    let mut follows = Vec::with_capacity(plan.users * per_user);
-    for follower in 0..plan.users {
-        let mut chosen = HashSet::with_capacity(per_user);
-        while chosen.len() < per_user {
-            let followee = rng.below(plan.users);
-            if followee != follower && chosen.insert(followee) {
-                follows.push((follower, followee));
-            }
-        }
-    }
+    let follows = pairs(&mut rng, plan.users, per_user, plan.users, true);
     summary.follows = insert_rows(
         &mut tx,
         "follow",
@@ -271,16 +262,7 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
     )
     .await?;
     let per_user = plan.favorites.min(plan.articles);
-    let mut favorites = Vec::with_capacity(plan.users * per_user);
-    for user in 0..plan.users {
-        let mut chosen = HashSet::with_capacity(per_user);
-        while chosen.len() < per_user {
-            let article = rng.below(plan.articles);
-            if chosen.insert(article) {
-                favorites.push((user, article));
-            }
-        }
-    }
+    let favorites = pairs(&mut rng, plan.users, per_user, plan.articles, false);
     summary.favorites = insert_rows(
         &mut tx,
         "favorite",
@@ -354,6 +336,28 @@ pub async fn run(config: &Config, plan: Plan) -> anyhow::Result<Summary> {
     summary.articles_secs = phase.elapsed().as_secs_f64();
     summary.total_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// For each of `count` owners, `per` distinct targets below `targets` picked at
+/// random (never the owner's own number when `not_self`): follows, favorites.
+fn pairs(
+    rng: &mut SplitMix64,
+    count: usize,
+    per: usize,
+    targets: usize,
+    not_self: bool,
+) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::with_capacity(count * per);
+    for owner in 0..count {
+        let mut chosen = HashSet::with_capacity(per);
+        while chosen.len() < per {
+            let target = rng.below(targets);
+            if !(not_self && target == owner) && chosen.insert(target) {
+                pairs.push((owner, target));
+            }
+        }
+    }
+    pairs
 }
 
 /// `n` of `count` spread evenly (strictly increasing) over `span` microseconds.

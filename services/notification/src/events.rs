@@ -55,19 +55,21 @@ enum Event {
 }
 
 impl Event {
-    /// What the event is about, for its order: one follow relationship (a follow
-    /// and its unfollow stay in order; a popular author's many new followers do
-    /// not wait for each other), else the account whose notifications it changes.
-    fn subject(&self) -> (&str, &str) {
+    /// The account that acted: the one registered, the follower, the author, the
+    /// commenter, the one who favorited. Handling needs that account known, and
+    /// its `user.registered` has the same actor, so keeping each actor's events in
+    /// order means the registration is always handled first; so are a follow and
+    /// its unfollow. A popular author's many new followers are different actors.
+    fn actor(&self) -> &str {
         match self {
-            Event::Registered(e) => (&e.user_id, ""),
-            Event::Updated(e) => (&e.user_id, ""),
-            Event::Deleted(e) => (&e.user_id, ""),
-            Event::Followed(e) => (&e.followee_id, &e.follower_id),
-            Event::Unfollowed(e) => (&e.followee_id, &e.follower_id),
-            Event::Published(e) => (&e.author_id, ""),
-            Event::Commented(e) => (&e.article_author_id, ""),
-            Event::Favorited(e) => (&e.article_author_id, ""),
+            Event::Registered(e) => &e.user_id,
+            Event::Updated(e) => &e.user_id,
+            Event::Deleted(e) => &e.user_id,
+            Event::Followed(e) => &e.follower_id,
+            Event::Unfollowed(e) => &e.follower_id,
+            Event::Published(e) => &e.author_id,
+            Event::Commented(e) => &e.author_id,
+            Event::Favorited(e) => &e.user_id,
         }
     }
 }
@@ -143,14 +145,14 @@ impl Handler for EventHandler {
         Box::pin(self.apply(envelope))
     }
 
-    /// Events about one follow relationship or one account stay in order;
-    /// the others are handled side by side.
+    /// One actor's events stay in order ([`Event::actor`]); different actors'
+    /// events are handled side by side.
     fn order_key(&self, envelope: &Envelope) -> u64 {
         use std::hash::{Hash as _, Hasher as _};
         match decode(envelope) {
             Ok(Some(event)) => {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                event.subject().hash(&mut hasher);
+                event.actor().hash(&mut hasher);
                 hasher.finish()
             }
             _ => 0,

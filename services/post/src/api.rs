@@ -128,40 +128,13 @@ impl PostApi {
 
     /// Which of `ids` `viewer` has favorited: from memory, the rest in one query.
     async fn favorited_among(&self, viewer: &str, ids: &[&str]) -> Result<HashSet<String>, Status> {
-        let mut favorited = HashSet::new();
-        let mut unknown = Vec::new();
-        for id in ids {
-            match self
-                .cache
-                .favorited
-                .get(&(viewer.to_owned(), (*id).to_owned()))
-                .await
-            {
-                Some(true) => {
-                    favorited.insert((*id).to_owned());
-                }
-                Some(false) => {}
-                None => unknown.push((*id).to_owned()),
-            }
-        }
-        if !unknown.is_empty() {
-            let found = self
-                .store
-                .favorited_among(viewer, &unknown)
-                .await
-                .map_err(status::db)?;
-            for id in unknown {
-                let is = found.contains(&id);
-                self.cache
-                    .favorited
-                    .fill((viewer.to_owned(), id.clone()), is)
-                    .await;
-                if is {
-                    favorited.insert(id);
-                }
-            }
-        }
-        Ok(favorited)
+        self.cache
+            .favorited
+            .among(viewer, ids, |unknown| async move {
+                self.store.favorited_among(viewer, &unknown).await
+            })
+            .await
+            .map_err(status::db)
     }
 
     /// Records the caller's own favorite change on this replica before answering,

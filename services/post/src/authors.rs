@@ -13,13 +13,15 @@
 use std::collections::{HashMap, HashSet};
 
 use agora_kit::db::{Db, placeholders};
+use agora_kit::events::{self, Envelope, HandleError, types};
+use agora_proto::events::v1 as ev;
 use agora_proto::post::v1::Author;
 use agora_proto::user::v1 as user_pb;
 use sqlx::{AssertSqlSafe, Row};
 use tonic::Status;
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
-use crate::cache::{FACT_TTL, Versioned};
+use crate::cache::{FACT_TTL, PairFacts, Versioned};
 
 /// What is shown for an account that no longer exists.
 const DELETED: &str = "[deleted]";
@@ -34,7 +36,7 @@ pub struct Authors {
     /// Profiles by account id, `following` always false (it is per viewer).
     known: Versioned<String, Author>,
     /// (follower, followee) → follows.
-    following: Versioned<(String, String), bool>,
+    following: PairFacts,
 }
 
 impl std::fmt::Debug for Authors {
@@ -51,6 +53,72 @@ pub struct ProfileChange<'a> {
     pub bio: Option<&'a str>,
     pub image: Option<&'a str>,
     pub deleted: bool,
+}
+
+/// A profile as a `user.registered`, `user.updated` or `user.deleted` event
+/// carries it.
+#[derive(Debug)]
+pub struct ProfileEvent {
+    user_id: String,
+    username: String,
+    bio: Option<String>,
+    image: Option<String>,
+    deleted: bool,
+}
+
+impl ProfileEvent {
+    /// The profile in `envelope`; `None` for other event types.
+    pub fn of(envelope: &Envelope) -> Result<Option<Self>, HandleError> {
+        Ok(Some(match envelope.r#type.as_str() {
+            types::USER_REGISTERED => {
+                let e: ev::UserRegistered = events::payload(envelope)?;
+                Self::new(e.user_id, e.username, None, None, false)
+            }
+            types::USER_UPDATED => {
+                let e: ev::UserUpdated = events::payload(envelope)?;
+                Self::new(e.user_id, e.username, e.bio, e.image, false)
+            }
+            types::USER_DELETED => {
+                let e: ev::UserDeleted = events::payload(envelope)?;
+                Self::new(e.user_id, e.username, None, None, true)
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    fn new(
+        user_id: String,
+        username: String,
+        bio: Option<String>,
+        image: Option<String>,
+        deleted: bool,
+    ) -> Self {
+        Self {
+            user_id,
+            username,
+            bio,
+            image,
+            deleted,
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn is_deletion(&self) -> bool {
+        self.deleted
+    }
+
+    pub fn change(&self) -> ProfileChange<'_> {
+        ProfileChange {
+            user_id: &self.user_id,
+            username: &self.username,
+            bio: self.bio.as_deref(),
+            image: self.image.as_deref(),
+            deleted: self.deleted,
+        }
+    }
 }
 
 impl Authors {
@@ -125,44 +193,20 @@ impl Authors {
 
     /// Which of `ids` `viewer` follows: from memory, the rest in one query.
     async fn following_among(&self, viewer: &str, ids: &[&str]) -> Result<HashSet<String>, Status> {
-        let mut followed = HashSet::new();
-        let mut unknown = Vec::new();
-        for id in ids {
-            match self
-                .following
-                .get(&(viewer.to_owned(), (*id).to_owned()))
-                .await
-            {
-                Some(true) => {
-                    followed.insert((*id).to_owned());
-                }
-                Some(false) => {}
-                None => unknown.push((*id).to_owned()),
-            }
-        }
-        if !unknown.is_empty() {
-            let found: HashSet<String> = agora_kit::db::strings_in(
-                self.db.pool(),
-                "SELECT followee_id FROM follow \
-                 WHERE follower_id = $1 AND following = 1 AND followee_id IN ({ids})",
-                &[viewer],
-                &unknown,
-            )
+        self.following
+            .among(viewer, ids, |unknown| async move {
+                let found = agora_kit::db::strings_in(
+                    self.db.pool(),
+                    "SELECT followee_id FROM follow \
+                     WHERE follower_id = $1 AND following = 1 AND followee_id IN ({ids})",
+                    &[viewer],
+                    &unknown,
+                )
+                .await?;
+                Ok::<_, sqlx::Error>(found.into_iter().collect())
+            })
             .await
-            .map_err(agora_kit::status::db)?
-            .into_iter()
-            .collect();
-            for id in unknown {
-                let follows = found.contains(&id);
-                self.following
-                    .fill((viewer.to_owned(), id.clone()), follows)
-                    .await;
-                if follows {
-                    followed.insert(id);
-                }
-            }
-        }
-        Ok(followed)
+            .map_err(agora_kit::status::db)
     }
 
     /// The projection's rows for `ids` (`following` unset), in one query.

@@ -4,6 +4,7 @@
 //! write stale here; other replicas converge on the bus's live events (within
 //! milliseconds), and the TTL bounds staleness should an event be lost.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub struct ReadCache {
     /// Totals of the kept list scopes (`ArticleFilter::kept_scope`).
     counts: Cache<String, i64>,
     /// (viewer, article id) → favorited.
-    pub favorited: Versioned<(String, String), bool>,
+    pub favorited: PairFacts,
     /// Moves on every invalidation. A load records it before reading the database
     /// and keeps what it read only if it has not moved since, so a load that raced
     /// a write never caches what the write replaced.
@@ -164,6 +165,46 @@ where
                 }
             })
             .await;
+    }
+}
+
+/// Facts about (subject, id) pairs: whom a viewer follows, what they favorited.
+pub type PairFacts = Versioned<(String, String), bool>;
+
+impl PairFacts {
+    /// Which of `ids` the fact holds for with `subject`: known pairs from memory,
+    /// the rest from one `load` of all of them, remembered for next time.
+    pub async fn among<E, Fut>(
+        &self,
+        subject: &str,
+        ids: &[&str],
+        load: impl FnOnce(Vec<String>) -> Fut,
+    ) -> Result<HashSet<String>, E>
+    where
+        Fut: std::future::Future<Output = Result<HashSet<String>, E>>,
+    {
+        let mut holds = HashSet::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.get(&(subject.to_owned(), (*id).to_owned())).await {
+                Some(true) => {
+                    holds.insert((*id).to_owned());
+                }
+                Some(false) => {}
+                None => unknown.push((*id).to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            let found = load(unknown.clone()).await?;
+            for id in unknown {
+                let is = found.contains(&id);
+                self.fill((subject.to_owned(), id.clone()), is).await;
+                if is {
+                    holds.insert(id);
+                }
+            }
+        }
+        Ok(holds)
     }
 }
 

@@ -8,7 +8,7 @@ use agora_kit::events::bus::BoxFuture;
 use agora_kit::events::{self, Consumer, Envelope, HandleError, Handler, RetryPolicy, types};
 use agora_proto::events::v1 as ev;
 
-use crate::authors::{Authors, ProfileChange};
+use crate::authors::{Authors, ProfileEvent};
 use crate::store::Store;
 
 /// The post service's queue name on the bus.
@@ -54,29 +54,19 @@ impl Handler for EventHandler {
             // Projection writes are ordered by the event id, so a redelivered or
             // overtaken event changes nothing and needs no inbox claim.
             let version = envelope.id.as_str();
+            if let Some(profile) = ProfileEvent::of(envelope)? {
+                let applied = self.authors.apply_profile(&profile.change(), version).await;
+                let applied = match applied {
+                    Ok(()) if profile.is_deletion() => self
+                        .store
+                        .forget_account(CONSUMER, &envelope.id, profile.user_id())
+                        .await
+                        .map(drop),
+                    other => other,
+                };
+                return applied.map_err(|e| HandleError::Retry(e.into()));
+            }
             let applied = match envelope.r#type.as_str() {
-                types::USER_REGISTERED => {
-                    let e: ev::UserRegistered = events::payload(envelope)?;
-                    let change = ProfileChange {
-                        user_id: &e.user_id,
-                        username: &e.username,
-                        bio: None,
-                        image: None,
-                        deleted: false,
-                    };
-                    self.authors.apply_profile(&change, version).await
-                }
-                types::USER_UPDATED => {
-                    let e: ev::UserUpdated = events::payload(envelope)?;
-                    let change = ProfileChange {
-                        user_id: &e.user_id,
-                        username: &e.username,
-                        bio: e.bio.as_deref(),
-                        image: e.image.as_deref(),
-                        deleted: false,
-                    };
-                    self.authors.apply_profile(&change, version).await
-                }
                 types::USER_FOLLOWED => {
                     let e: ev::UserFollowed = events::payload(envelope)?;
                     self.authors
@@ -89,33 +79,15 @@ impl Handler for EventHandler {
                         .apply_follow(&e.follower_id, &e.followee_id, false, version)
                         .await
                 }
-                types::USER_DELETED => {
-                    let e: ev::UserDeleted = events::payload(envelope)?;
-                    let change = ProfileChange {
-                        user_id: &e.user_id,
-                        username: &e.username,
-                        bio: None,
-                        image: None,
-                        deleted: true,
-                    };
-                    match self.authors.apply_profile(&change, version).await {
-                        Ok(()) => self
-                            .store
-                            .forget_account(CONSUMER, &envelope.id, &e.user_id)
-                            .await
-                            .map(drop),
-                        Err(err) => Err(err),
-                    }
-                }
                 _ => Ok(()),
             };
             applied.map_err(|e| HandleError::Retry(e.into()))
         })
     }
 
-    /// Projection writes keep the newest version whatever the order, so only one
-    /// account's deletion must not run beside its other events: events are keyed
-    /// by the account they are about.
+    /// Events are keyed by the account they are about, so one account's events
+    /// (its deletion last) stay in order; the projection's versions make any
+    /// order between accounts safe.
     fn order_key(&self, envelope: &Envelope) -> u64 {
         use std::hash::{Hash as _, Hasher as _};
         let account = match envelope.r#type.as_str() {
@@ -125,16 +97,10 @@ impl Handler for EventHandler {
             types::USER_UNFOLLOWED => events::payload::<ev::UserUnfollowed>(envelope)
                 .map(|e| e.follower_id)
                 .ok(),
-            types::USER_REGISTERED => events::payload::<ev::UserRegistered>(envelope)
-                .map(|e| e.user_id)
-                .ok(),
-            types::USER_UPDATED => events::payload::<ev::UserUpdated>(envelope)
-                .map(|e| e.user_id)
-                .ok(),
-            types::USER_DELETED => events::payload::<ev::UserDeleted>(envelope)
-                .map(|e| e.user_id)
-                .ok(),
-            _ => None,
+            _ => ProfileEvent::of(envelope)
+                .ok()
+                .flatten()
+                .map(|p| p.user_id().to_owned()),
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         account.hash(&mut hasher);

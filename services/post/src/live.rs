@@ -15,7 +15,7 @@ use agora_proto::post::v1::{Comment, WatchCommentsResponse};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::authors::{Authors, ProfileChange};
+use crate::authors::{Authors, ProfileEvent};
 use crate::cache::ReadCache;
 
 /// How many changes a slow watcher may fall behind before it misses some.
@@ -147,28 +147,9 @@ pub async fn run_fanout(
             }
             // Profiles and follows: every replica's memory learns them from the
             // events themselves, which carry the whole fact.
-            types::USER_UPDATED => {
-                if let Ok(e) = events::payload::<ev::UserUpdated>(&envelope) {
-                    let change = ProfileChange {
-                        user_id: &e.user_id,
-                        username: &e.username,
-                        bio: e.bio.as_deref(),
-                        image: e.image.as_deref(),
-                        deleted: false,
-                    };
-                    authors.learn_profile(&change, &envelope.id).await;
-                }
-            }
-            types::USER_DELETED => {
-                if let Ok(e) = events::payload::<ev::UserDeleted>(&envelope) {
-                    let change = ProfileChange {
-                        user_id: &e.user_id,
-                        username: &e.username,
-                        bio: None,
-                        image: None,
-                        deleted: true,
-                    };
-                    authors.learn_profile(&change, &envelope.id).await;
+            types::USER_UPDATED | types::USER_DELETED => {
+                if let Ok(Some(profile)) = ProfileEvent::of(&envelope) {
+                    authors.learn_profile(&profile.change(), &envelope.id).await;
                 }
             }
             types::USER_FOLLOWED => {
