@@ -42,9 +42,10 @@ conformance:
 seed N="1000" *ARGS:
     cargo run --release -- seed --users 1000 --articles {{N}} {{ARGS}}
 
-# Load-test list/get/feed through the gateway on PostgreSQL at 1,000 and 100,000 articles (docs/bench.md).
-bench *SIZES:
-    scripts/bench.sh {{SIZES}}
+# Seed PostgreSQL, run every benchmark scenario against its reference points, write docs/benchmarks.md
+# (AGORA_BENCH_QUICK=1 for the reduced form).
+bench:
+    scripts/bench.sh
 
 # Event throughput (commit → notification stored) and commit → SSE latency on RabbitMQ and PostgreSQL (docs/bench.md).
 bench-events *ARGS:
