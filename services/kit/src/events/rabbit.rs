@@ -328,13 +328,16 @@ async fn start_consuming(
     let channel = Arc::new(channel);
     let mut lanes = Vec::with_capacity(LANES);
     for _ in 0..LANES {
-        let (lane, mut queued) =
-            tokio::sync::mpsc::channel::<lapin::message::Delivery>(usize::from(PREFETCH));
+        let (lane, mut queued) = tokio::sync::mpsc::channel::<(
+            lapin::message::Delivery,
+            Result<Envelope, prost::DecodeError>,
+        )>(usize::from(PREFETCH));
         lanes.push(lane);
         let (channel, names, consumer) = (channel.clone(), names.clone(), consumer.clone());
         tokio::spawn(async move {
-            while let Some(delivery) = queued.recv().await {
-                if let Err(err) = handle_delivery(&channel, &names, &consumer, delivery).await {
+            while let Some((delivery, decoded)) = queued.recv().await {
+                let handled = handle_delivery(&channel, &names, &consumer, delivery, decoded);
+                if let Err(err) = handled.await {
                     tracing::warn!(
                         consumer = consumer.name,
                         error = format!("{err:#}"),
@@ -354,11 +357,14 @@ async fn start_consuming(
                     _ => return,
                 },
             };
-            // Undecodable deliveries go to lane 0, which dead-letters them.
-            let key = Envelope::decode(delivery.data.as_slice())
-                .map_or(0, |envelope| consumer.handler.order_key(&envelope));
+            // Decoded once, here; undecodable deliveries go to lane 0, which
+            // dead-letters them.
+            let decoded = Envelope::decode(delivery.data.as_slice());
+            let key = decoded
+                .as_ref()
+                .map_or(0, |envelope| consumer.handler.order_key(envelope));
             let lane = &lanes[(key % LANES as u64) as usize];
-            if lane.send(delivery).await.is_err() {
+            if lane.send((delivery, decoded)).await.is_err() {
                 return;
             }
         }
@@ -451,9 +457,10 @@ async fn handle_delivery(
     names: &Names,
     c: &Consumer,
     delivery: lapin::message::Delivery,
+    decoded: Result<Envelope, prost::DecodeError>,
 ) -> anyhow::Result<()> {
     let attempt = attempt_of(&delivery.properties);
-    let outcome = match Envelope::decode(delivery.data.as_slice()) {
+    let outcome = match decoded {
         Ok(envelope) => {
             let span = super::handling_span(c.name, &envelope);
             let outcome = c.handler.handle(&envelope).instrument(span).await;
