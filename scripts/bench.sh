@@ -536,23 +536,10 @@ grpc_call() {
 h2load_run() {
   local name="$1" rnd="$2" addr="$3" path="$4" frame="$5" expect="$6"
   local out="$OUT/h2load-${name// /-}-$rnd.txt" log="$WORK/h2load.log"
-  local args=(-c 1 -m "$CONNECTIONS" -t 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$frame")
-  echo "-- round $rnd: $name (h2load -c1 -m$CONNECTIONS $path)" >&2
-  timeout 60 h2load "${args[@]}" -D "$WARMUP" "http://$addr$path" >/dev/null
-  rm -f "$log"
-  timeout $((DURATION + 60)) h2load "${args[@]}" -D "$DURATION" --log-file="$log" "http://$addr$path" >"$out" ||
-    die "$name: h2load failed: $(cat "$out")"
-  servers_alive
-  lib h2load "$name" "$rnd" "$out" "$log"
-  grpc_call "$name" "$addr" "$path" "$frame" "$expect"
-}
-
-# h2c_run NAME ROUND ADDR PATH: a plain GET over cleartext HTTP/2 (one connection,
-# $CONNECTIONS streams), the same transport h2load gives the gRPC calls.
-h2c_run() {
-  local name="$1" rnd="$2" addr="$3" path="$4"
-  local out="$OUT/h2load-${name// /-}-$rnd.txt" log="$WORK/h2load.log"
   local args=(-c 1 -m "$CONNECTIONS" -t 1)
+  # FRAME "-": a plain GET over cleartext HTTP/2 (the gateway's REST on the same
+  # transport h2load gives the gRPC calls); otherwise a gRPC call with that body.
+  [ "$frame" = - ] || args+=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$frame")
   echo "-- round $rnd: $name (h2load -c1 -m$CONNECTIONS $path)" >&2
   timeout 60 h2load "${args[@]}" -D "$WARMUP" "http://$addr$path" >/dev/null
   rm -f "$log"
@@ -560,6 +547,7 @@ h2c_run() {
     die "$name: h2load failed: $(cat "$out")"
   servers_alive
   lib h2load "$name" "$rnd" "$out" "$log"
+  [ "$frame" = - ] || grpc_call "$name" "$addr" "$path" "$frame" "$expect"
 }
 
 # ---------------------------------------------------------------------------
@@ -725,13 +713,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # The same slug over gRPC (against the gateway's JSON of "get article"), and a
   # trivial gRPC call.
   if ((r % 2)); then
-    h2c_run "gateway get article h2c" "$r" "$AGORA_HTTP_ADDR" "/api/articles/$SLUG"
+    h2load_run "gateway get article h2c" "$r" "$AGORA_HTTP_ADDR" "/api/articles/$SLUG" - ""
     h2load_run "grpc GetArticle" "$r" "$AGORA_GRPC_ADDR" "$GET_ARTICLE" "$WORK/get-article.bin" "$SLUG"
     h2load_run "grpc ceiling" "$r" "$CEILING_ADDR" "$HEALTH_CHECK" "$WORK/health.bin" ""
   else
     h2load_run "grpc ceiling" "$r" "$CEILING_ADDR" "$HEALTH_CHECK" "$WORK/health.bin" ""
     h2load_run "grpc GetArticle" "$r" "$AGORA_GRPC_ADDR" "$GET_ARTICLE" "$WORK/get-article.bin" "$SLUG"
-    h2c_run "gateway get article h2c" "$r" "$AGORA_HTTP_ADDR" "/api/articles/$SLUG"
+    h2load_run "gateway get article h2c" "$r" "$AGORA_HTTP_ADDR" "/api/articles/$SLUG" - ""
   fi
 done
 stop_pid "$SAMPLER"
