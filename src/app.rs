@@ -12,9 +12,11 @@ use agora_kit::events::RetryPolicy;
 use agora_kit::events::memory::MemoryBus;
 use agora_kit::events::rabbit::{QueueSpec, RabbitBus};
 use agora_kit::events::relay::Wake;
+use agora_kit::revocation::Revocations;
 use agora_kit::server::GrpcServer;
 use agora_kit::token::{GrpcJwks, TokenVerifier};
 use agora_kit::upstream::{LocalServices, Upstreams};
+use agora_proto::auth::v1::auth_internal_service_server::AuthInternalServiceServer;
 use agora_proto::auth::v1::auth_service_server::AuthServiceServer;
 use agora_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use agora_proto::post::v1::post_service_server::PostServiceServer;
@@ -110,7 +112,10 @@ async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_
 }
 
 /// Event types every replica hears about, for its live streams.
-const LIVE_BINDINGS: [&str; 12] = [
+const LIVE_BINDINGS: [&str; 14] = [
+    // Every replica's token verifier (ADR 11).
+    agora_kit::events::types::SESSIONS_REVOKED,
+    agora_kit::events::types::USER_ROLE_CHANGED,
     agora_kit::events::types::NOTIFICATION_CREATED,
     agora_kit::events::types::COMMENT_ADDED,
     agora_kit::events::types::COMMENT_DELETED,
@@ -143,6 +148,11 @@ async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Res
                 QueueSpec {
                     name: agora_post::events::CONSUMER,
                     bindings: agora_post::events::bindings(),
+                    retry: RetryPolicy::default(),
+                },
+                QueueSpec {
+                    name: agora_auth::events::CONSUMER,
+                    bindings: agora_auth::events::bindings(),
                     retry: RetryPolicy::default(),
                 },
             ];
@@ -222,10 +232,13 @@ pub async fn start(
         grpc_addr.unwrap_or(config.grpc_addr),
         Some((&local, &runs)),
     )?;
+    // One list per process, shared by every verifier in it (ADR 11).
+    let revocations = Revocations::new(Revocations::window(config.access_token_ttl));
     let verifier = TokenVerifier::new(
         GrpcJwks::new(upstreams.auth.clone()),
         &config.jwt_issuer,
         &config.jwt_audience,
+        revocations.clone(),
     );
     let bus_shutdown = CancellationToken::new();
     let bus = start_bus(&config, &bus_shutdown).await?;
@@ -290,9 +303,26 @@ pub async fn start(
                 agora_auth::keys::LocalJwks(keys.clone()),
                 &config.jwt_issuer,
                 &config.jwt_audience,
+                revocations.clone(),
+            );
+            let wake = relay(
+                &mut tasks,
+                ServiceName::Auth,
+                &db,
+                &bus,
+                &consumers_ready,
+                &shutdown,
+            );
+            let store = agora_auth::store::Store::new(db.clone(), wake);
+            let handler = Arc::new(agora_auth::events::EventHandler::new(store.clone()));
+            bus.start_consumer(handler.consumer(), shutdown.clone())
+                .await?;
+            let internal = agora_auth::AuthInternalApi::new(
+                store.clone(),
+                Revocations::window(config.access_token_ttl),
             );
             let api = agora_auth::AuthApi::new(
-                agora_auth::store::Store::new(db.clone()),
+                store,
                 keys,
                 agora_auth::tokens::Minter {
                     issuer: config.jwt_issuer.clone(),
@@ -303,7 +333,9 @@ pub async fn start(
                 upstreams.user.clone(),
                 local_verifier,
             );
-            server = server.register(AuthServiceServer::new(api), db);
+            server = server
+                .register(AuthServiceServer::new(api), db.clone())
+                .register(AuthInternalServiceServer::new(internal), db);
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
@@ -336,6 +368,18 @@ pub async fn start(
         let stack = Arc::new(server.in_process());
         local.bind(&stack);
         consumers_ready.cancel();
+        tasks.spawn({
+            let follow = agora_kit::revocation::follow(
+                revocations,
+                bus.live(),
+                upstreams.auth.clone(),
+                shutdown.clone(),
+            );
+            async move {
+                follow.await;
+                Ok(())
+            }
+        });
         tracing::info!(addr = %listener.local_addr()?, ?target, "gRPC serving");
         let serve = server.serve(listener, shutdown.clone());
         tasks.spawn(async move {

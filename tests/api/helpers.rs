@@ -448,7 +448,11 @@ pub async fn remove_namespace(namespace: &str) {
         return;
     };
     let mut queues = Vec::new();
-    for consumer in [agora_notification::CONSUMER, agora_post::events::CONSUMER] {
+    for consumer in [
+        agora_notification::CONSUMER,
+        agora_post::events::CONSUMER,
+        agora_auth::events::CONSUMER,
+    ] {
         queues.push(format!("{namespace}.{consumer}"));
         queues.push(format!("{namespace}.{consumer}.dead"));
         queues.extend((1..10).map(|n| format!("{namespace}.{consumer}.retry.{n}")));

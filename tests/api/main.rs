@@ -9,6 +9,7 @@ mod helpers;
 mod identity;
 mod live;
 mod notifications;
+mod revocation;
 mod roles;
 mod sessions;
 mod split;

@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
 use crate::keys::KeyRing;
-use crate::store::{Rotation, Store};
+use crate::store::{Reason, Rotation, Store};
 use crate::throttle::LoginThrottle;
 use crate::tokens::{Minter, Subject};
 
@@ -77,11 +77,9 @@ impl AuthApi {
     }
 
     fn access_token(&self, user_id: &str, session_id: &str, role: i32) -> Result<String, Status> {
-        let role = match user_pb::Role::try_from(role) {
-            Ok(user_pb::Role::Admin) => Role::Admin,
-            Ok(user_pb::Role::Moderator) => Role::Moderator,
-            _ => Role::User,
-        };
+        let role = Role::from_pb(role).ok_or_else(|| {
+            status::internal(anyhow::anyhow!("account has no known role: {role}"))
+        })?;
         self.minter
             .access_token(
                 &self.keys,
@@ -254,7 +252,10 @@ impl AuthService for AuthApi {
         {
             Ok(response) => response.into_inner().user.unwrap_or_default(),
             Err(err) if err.code() == Code::NotFound => {
-                self.store.revoke_all(&user_id).await.map_err(status::db)?;
+                self.store
+                    .revoke_all(&user_id, Reason::AccountDeleted)
+                    .await
+                    .map_err(status::db)?;
                 return Err(Status::unauthenticated("this account no longer exists"));
             }
             Err(err) => return Err(relay(err)),
@@ -325,6 +326,21 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn logout_all(
+        &self,
+        request: Request<pb::LogoutAllRequest>,
+    ) -> Result<Response<pb::LogoutAllResponse>, Status> {
+        let principal = self.verifier.require(&request).await?;
+        let ended = self
+            .store
+            .revoke_all(&principal.user_id, Reason::LogoutAll)
+            .await
+            .map_err(status::db)?;
+        tracing::info!(user_id = %principal.user_id, sessions = ended, "signed out everywhere");
+        Ok(Response::new(pb::LogoutAllResponse {}))
+    }
+
     async fn get_jwks(
         &self,
         _request: Request<pb::GetJwksRequest>,
@@ -343,5 +359,57 @@ impl AuthService for AuthApi {
             })
             .collect();
         Ok(Response::new(pb::GetJwksResponse { keys }))
+    }
+}
+
+/// `agora.auth.v1.AuthInternalService`: what other agora services ask of auth.
+#[derive(Clone)]
+pub struct AuthInternalApi {
+    store: Store,
+    /// How far back revocations still matter (the access-token lifetime + leeway).
+    window: Duration,
+}
+
+impl AuthInternalApi {
+    pub fn new(store: Store, window: Duration) -> Self {
+        Self { store, window }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::auth_internal_service_server::AuthInternalService for AuthInternalApi {
+    #[tracing::instrument(skip_all)]
+    async fn list_revocations(
+        &self,
+        _request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let window = i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX);
+        let since = agora_kit::db::now_micros().saturating_sub(window);
+        let rows = self
+            .store
+            .revocations_since(since)
+            .await
+            .map_err(status::db)?;
+        let timestamp = agora_kit::db::timestamp;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            sessions: rows
+                .sessions
+                .into_iter()
+                .map(|(id, user_id, at)| pb::RevokedSession {
+                    id,
+                    user_id,
+                    revoked_at: Some(timestamp(at)),
+                })
+                .collect(),
+            roles: rows
+                .roles
+                .into_iter()
+                .map(|(user_id, role, at)| pb::RoleChange {
+                    user_id,
+                    role: role.to_pb() as i32,
+                    changed_at: Some(timestamp(at)),
+                })
+                .collect(),
+        }))
     }
 }

@@ -4,6 +4,7 @@
 //! failed sign-ins and publishes its public keys as a JWKS.
 
 pub mod api;
+pub mod events;
 pub mod keys;
 pub mod store;
 pub mod throttle;
@@ -11,21 +12,35 @@ pub mod tokens;
 
 use agora_kit::db::{Db, Migrations};
 
-pub use api::AuthApi;
+pub use api::{AuthApi, AuthInternalApi};
 pub use keys::KeyRing;
 
 /// The auth service's schema, per backend.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[(
-        1,
-        "session",
-        include_str!("../migrations/sqlite/0001_session.sql"),
-    )],
-    postgres: &[(
-        1,
-        "session",
-        include_str!("../migrations/postgres/0001_session.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "session",
+            include_str!("../migrations/sqlite/0001_session.sql"),
+        ),
+        (
+            2,
+            "revocation",
+            include_str!("../migrations/sqlite/0002_revocation.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "session",
+            include_str!("../migrations/postgres/0001_session.sql"),
+        ),
+        (
+            2,
+            "revocation",
+            include_str!("../migrations/postgres/0002_revocation.sql"),
+        ),
+    ],
 };
 
 /// Opens and migrates the auth database.

@@ -2,11 +2,18 @@
 //! is marked used only if it was unused, and the new one is inserted beside it.
 //! A token found already used means it was stolen or replayed, and the whole
 //! session is revoked.
+//!
+//! Every revocation commits together with an `auth.sessions_revoked` event in the
+//! outbox, so every replica's verifier hears of it (ADR 11).
 
 use std::time::Duration;
 
 use agora_kit::db::{Db, now_micros};
-use sqlx::Row;
+use agora_kit::events::relay::Wake;
+use agora_kit::events::{self, outbox, types};
+use agora_kit::token::Role;
+use agora_proto::events::v1 as ev;
+use sqlx::{AnyConnection, Row};
 
 use crate::tokens::{hash_refresh_token, new_refresh_token};
 
@@ -48,14 +55,53 @@ fn micros(d: Duration) -> i64 {
     d.as_micros().min(i64::MAX as u128) as i64
 }
 
+/// Why sessions ended, as the event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Logout,
+    Revoked,
+    Replayed,
+    LogoutAll,
+    AccountDeleted,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Logout => "logout",
+            Reason::Revoked => "revoked",
+            Reason::Replayed => "replayed",
+            Reason::LogoutAll => "logout_all",
+            Reason::AccountDeleted => "account_deleted",
+        }
+    }
+}
+
+/// The auth service's name as an event producer.
+const PRODUCER: &str = "auth";
+
+/// What verifiers must know: sessions revoked and roles changed since a time.
+#[derive(Debug, Default)]
+pub struct RevocationRows {
+    /// (session id, account id, revoked at)
+    pub sessions: Vec<(String, String, i64)>,
+    /// (account id, role, changed at)
+    pub roles: Vec<(String, Role, i64)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    wake: Wake,
 }
 
 impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, wake: Wake) -> Self {
+        Self { db, wake }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     #[tracing::instrument(skip_all, err)]
@@ -133,12 +179,16 @@ impl Store {
         .rows_affected()
             == 1;
         if used_at.is_some() || !claimed {
-            sqlx::query("UPDATE session SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(&session_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let revoked = sqlx::query(
+                "UPDATE session SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+                 RETURNING id, user_id",
+            )
+            .bind(now)
+            .bind(&session_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            announce(&mut tx, &revoked, Reason::Replayed).await?;
+            outbox::commit(tx, &self.wake).await?;
             tracing::warn!(%session_id, "refresh token reused: session revoked");
             return Ok(Rotation::Reused { session_id });
         }
@@ -167,15 +217,15 @@ impl Store {
 
     /// Revokes the session a refresh token belongs to; whether there was one.
     pub async fn revoke_by_token(&self, presented: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE session SET revoked_at = $1 WHERE revoked_at IS NULL AND id = \
-             (SELECT session_id FROM refresh_token WHERE token_hash = $2)",
-        )
-        .bind(now_micros())
-        .bind(hash_refresh_token(presented))
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let revoked = self
+            .revoke(
+                "revoked_at IS NULL AND id = \
+                 (SELECT session_id FROM refresh_token WHERE token_hash = $2)",
+                &[&hash_refresh_token(presented)],
+                Reason::Logout,
+            )
+            .await?;
+        Ok(revoked == 1)
     }
 
     /// Revokes one of a user's sessions; whether it was theirs and active.
@@ -184,27 +234,111 @@ impl Store {
         user_id: &str,
         session_id: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE session SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now_micros())
-        .bind(session_id)
-        .bind(user_id)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let revoked = self
+            .revoke(
+                "id = $2 AND user_id = $3 AND revoked_at IS NULL",
+                &[session_id, user_id],
+                Reason::Revoked,
+            )
+            .await?;
+        Ok(revoked == 1)
     }
 
-    /// Revokes every session of a user (deleted account, password change).
-    pub async fn revoke_all(&self, user_id: &str) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE session SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+    /// Revokes every session of a user; how many were active.
+    pub async fn revoke_all(&self, user_id: &str, reason: Reason) -> Result<u64, sqlx::Error> {
+        self.revoke("user_id = $2 AND revoked_at IS NULL", &[user_id], reason)
+            .await
+    }
+
+    /// Revokes the sessions `filter` selects (`$1` is the time; `binds` are `$2`…)
+    /// and announces them, in one transaction.
+    async fn revoke(
+        &self,
+        filter: &str,
+        binds: &[&str],
+        reason: Reason,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let sql =
+            format!("UPDATE session SET revoked_at = $1 WHERE {filter} RETURNING id, user_id");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let revoked = query.fetch_all(&mut *tx).await?;
+        announce(&mut tx, &revoked, reason).await?;
+        outbox::commit(tx, &self.wake).await?;
+        Ok(revoked.len() as u64)
+    }
+
+    /// Revokes a deleted account's sessions, once per event (the inbox).
+    pub async fn forget_account(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        user_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        if !events::inbox::claim(&mut tx, consumer, event_id).await? {
+            return Ok(());
+        }
+        let revoked = sqlx::query(
+            "UPDATE session SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL \
+             RETURNING id, user_id",
         )
         .bind(now_micros())
         .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        announce(&mut tx, &revoked, Reason::AccountDeleted).await?;
+        outbox::commit(tx, &self.wake).await
+    }
+
+    /// Remembers an account's new role for ListRevocations; an older change than
+    /// the one stored changes nothing.
+    pub async fn record_role_change(
+        &self,
+        user_id: &str,
+        role: Role,
+        changed_at: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO role_change (user_id, role, changed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET role = excluded.role, changed_at = excluded.changed_at \
+             WHERE role_change.changed_at <= excluded.changed_at",
+        )
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(changed_at)
         .execute(self.db.pool())
         .await?;
-        Ok(done.rows_affected())
+        Ok(())
+    }
+
+    /// Sessions revoked and roles changed after `since` (microseconds).
+    pub async fn revocations_since(&self, since: i64) -> Result<RevocationRows, sqlx::Error> {
+        let mut rows = RevocationRows::default();
+        for row in sqlx::query("SELECT id, user_id, revoked_at FROM session WHERE revoked_at > $1")
+            .bind(since)
+            .fetch_all(self.db.pool())
+            .await?
+        {
+            rows.sessions
+                .push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+        }
+        for row in
+            sqlx::query("SELECT user_id, role, changed_at FROM role_change WHERE changed_at > $1")
+                .bind(since)
+                .fetch_all(self.db.pool())
+                .await?
+        {
+            let raw: String = row.try_get(1)?;
+            let role = Role::parse(&raw).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown stored role {raw:?}").into())
+            })?;
+            rows.roles.push((row.try_get(0)?, role, row.try_get(2)?));
+        }
+        Ok(rows)
     }
 
     /// A user's active sessions, newest first (at most 100).
@@ -232,6 +366,31 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Puts one `auth.sessions_revoked` event for the `(id, user_id)` rows of one
+/// account in the outbox; nothing when no session was active.
+async fn announce(
+    conn: &mut AnyConnection,
+    revoked: &[sqlx::any::AnyRow],
+    reason: Reason,
+) -> Result<(), sqlx::Error> {
+    let Some(first) = revoked.first() else {
+        return Ok(());
+    };
+    let event = ev::SessionsRevoked {
+        user_id: first.try_get("user_id")?,
+        session_ids: revoked
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?,
+        reason: reason.as_str().to_owned(),
+    };
+    outbox::enqueue(
+        conn,
+        &events::envelope(types::SESSIONS_REVOKED, PRODUCER, &event),
+    )
+    .await
 }
 
 fn truncate(value: &str, max: usize) -> &str {

@@ -188,6 +188,13 @@ pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf `Timestamp` as stored: microseconds since the epoch.
+pub fn micros_of(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos / 1_000))
+}
+
 /// `$first, $first+1, …` for an `IN` list of `count` values.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

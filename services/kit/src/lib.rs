@@ -10,6 +10,7 @@ pub mod db;
 pub mod events;
 pub mod metrics;
 pub mod net;
+pub mod revocation;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -8,6 +8,10 @@
 //! A token that verified is remembered for a minute (never past its expiry), so a
 //! client's requests after the first skip the signature check: an Ed25519
 //! verification costs more than the rest of a cached article read.
+//!
+//! Every token, remembered or not, is then held against the replica's
+//! [`Revocations`]: a token of an ended session is refused, and a role changed
+//! since the token was signed replaces the role it claims.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +23,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 use tonic::Status;
+
+use crate::revocation::Revocations;
 
 /// What an account may do beyond its own content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,6 +41,27 @@ impl Role {
             Role::User => "user",
             Role::Moderator => "moderator",
             Role::Admin => "admin",
+        }
+    }
+
+    /// The contract's enum value; the one mapping every service uses.
+    pub fn to_pb(self) -> agora_proto::user::v1::Role {
+        use agora_proto::user::v1::Role as Pb;
+        match self {
+            Role::User => Pb::User,
+            Role::Moderator => Pb::Moderator,
+            Role::Admin => Pb::Admin,
+        }
+    }
+
+    /// The role an enum value names; none for unspecified or unknown values.
+    pub fn from_pb(raw: i32) -> Option<Self> {
+        use agora_proto::user::v1::Role as Pb;
+        match Pb::try_from(raw).ok()? {
+            Pb::Unspecified => None,
+            Pb::User => Some(Role::User),
+            Pb::Moderator => Some(Role::Moderator),
+            Pb::Admin => Some(Role::Admin),
         }
     }
 
@@ -55,7 +82,7 @@ pub struct Claims {
     pub sub: String,
     /// Session (refresh-token family) the token was issued in.
     pub sid: String,
-    /// Role at issue time; a role change reaches tokens at the next refresh.
+    /// Role at issue time; a later change overrides it (see [`Revocations`]).
     pub role: Role,
     pub iss: String,
     pub aud: String,
@@ -143,19 +170,31 @@ struct Inner {
     validation: Validation,
     /// Tokens that verified, with their claims; see [`VERIFIED_TTL`].
     verified: moka::future::Cache<String, Arc<Claims>>,
+    revocations: Revocations,
 }
+
+/// How far past `exp` a token still verifies, for clocks that disagree.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// How long a request waits for a starting replica's first revocation snapshot.
+const LOAD_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How long a verified token is remembered. It bounds how long a token signed by
 /// a key that has since left the JWKS keeps working on a replica.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
 
 impl TokenVerifier {
-    pub fn new(source: impl JwksSource, issuer: &str, audience: &str) -> Self {
+    pub fn new(
+        source: impl JwksSource,
+        issuer: &str,
+        audience: &str,
+        revocations: Revocations,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY.as_secs();
         Self {
             inner: Arc::new(Inner {
                 source: Box::new(source),
@@ -166,6 +205,7 @@ impl TokenVerifier {
                     .max_capacity(10_000)
                     .time_to_live(VERIFIED_TTL)
                     .build(),
+                revocations,
             }),
         }
     }
@@ -185,12 +225,28 @@ impl TokenVerifier {
                 claims
             }
         };
+        let revocations = &self.inner.revocations;
+        if !revocations.loaded(LOAD_PATIENCE).await {
+            return Err(Status::unavailable(
+                "cannot verify tokens right now: revocations not loaded",
+            ));
+        }
+        if revocations.is_revoked(&claims.sid) {
+            return Err(Status::unauthenticated(
+                "the session has ended: sign in again",
+            ));
+        }
         Ok(Principal {
             user_id: claims.sub.clone(),
             session_id: claims.sid.clone(),
-            role: claims.role,
+            role: revocations.current_role(&claims.sub).unwrap_or(claims.role),
             token: token.to_owned(),
         })
+    }
+
+    /// The revocations this verifier holds tokens against.
+    pub fn revocations(&self) -> &Revocations {
+        &self.inner.revocations
     }
 
     fn leeway(&self) -> i64 {
@@ -362,7 +418,12 @@ mod tests {
             exp: now + exp_in,
         };
         let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-        (TokenVerifier::new(OneKey(x), "agora", "agora"), token)
+        let revocations = Revocations::new(Duration::from_secs(600));
+        revocations.apply_snapshot(&Default::default());
+        (
+            TokenVerifier::new(OneKey(x), "agora", "agora", revocations),
+            token,
+        )
     }
 
     #[tokio::test]
@@ -396,6 +457,31 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::Unauthenticated);
         }
         assert!(verifier.inner.verified.get(&forged).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_of_a_revoked_session_is_refused_and_roles_follow_changes() {
+        let (verifier, token) = signed(600);
+        assert_eq!(verifier.verify(&token).await.unwrap().role, Role::User);
+
+        let now = crate::db::now_micros();
+        verifier
+            .revocations()
+            .role_changed("u1", Role::Moderator, now);
+        assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Moderator);
+
+        verifier.revocations().revoke_sessions(["s1"], now);
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn roles_map_to_the_contract_and_back() {
+        for role in [Role::User, Role::Moderator, Role::Admin] {
+            assert_eq!(Role::from_pb(role.to_pb() as i32), Some(role));
+        }
+        assert_eq!(Role::from_pb(0), None);
+        assert_eq!(Role::from_pb(42), None);
     }
 
     #[test]

@@ -191,6 +191,10 @@ impl NotificationService for NotificationApi {
         let stream = replay
             .chain(live)
             .take_until(self.shutdown.clone().cancelled_owned());
+        let stream = self
+            .verifier
+            .revocations()
+            .end_on_revoke(caller.session_id, Box::pin(stream));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -659,7 +659,16 @@ impl PostService for PostApi {
             // A watcher too slow to keep up skips what it missed rather than dying.
             .filter_map(|change| async move { change.ok().map(Ok) })
             .take_until(self.shutdown.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(changes)))
+        // A signed-in watcher's stream ends with its session.
+        let changes: CommentStream = match viewer {
+            Some(viewer) => Box::pin(
+                self.verifier
+                    .revocations()
+                    .end_on_revoke(viewer.session_id, Box::pin(changes)),
+            ),
+            None => Box::pin(changes),
+        };
+        Ok(Response::new(changes))
     }
 
     #[tracing::instrument(skip_all)]

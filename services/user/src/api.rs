@@ -60,23 +60,6 @@ impl From<StoreError> for Status {
     }
 }
 
-fn role_to_pb(role: Role) -> pb::Role {
-    match role {
-        Role::User => pb::Role::User,
-        Role::Moderator => pb::Role::Moderator,
-        Role::Admin => pb::Role::Admin,
-    }
-}
-
-fn role_from_pb(role: i32) -> Option<Role> {
-    match pb::Role::try_from(role).ok()? {
-        pb::Role::Unspecified => None,
-        pb::Role::User => Some(Role::User),
-        pb::Role::Moderator => Some(Role::Moderator),
-        pb::Role::Admin => Some(Role::Admin),
-    }
-}
-
 fn to_account(row: AccountRow) -> pb::Account {
     pb::Account {
         id: row.id,
@@ -84,7 +67,7 @@ fn to_account(row: AccountRow) -> pb::Account {
         username: row.username,
         bio: row.bio,
         image: row.image,
-        role: role_to_pb(row.role) as i32,
+        role: row.role.to_pb() as i32,
         created_at: Some(agora_kit::db::timestamp(row.created_at)),
         updated_at: Some(agora_kit::db::timestamp(row.updated_at)),
     }
@@ -97,7 +80,7 @@ fn to_current_user(row: AccountRow, token: String) -> pb::CurrentUser {
         username: row.username,
         bio: row.bio,
         image: row.image,
-        role: role_to_pb(row.role) as i32,
+        role: row.role.to_pb() as i32,
     }
 }
 
@@ -324,7 +307,7 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
         self.core.require_admin(&request).await?;
         let req = request.into_inner();
-        let role = role_from_pb(req.role).ok_or_else(|| {
+        let role = Role::from_pb(req.role).ok_or_else(|| {
             status::invalid(vec![FieldViolation::new(
                 "role",
                 "must be ROLE_USER, ROLE_MODERATOR or ROLE_ADMIN",

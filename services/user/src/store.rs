@@ -400,6 +400,8 @@ impl Store {
     }
 
     /// Sets a role by username or by email; the account after it, if it exists.
+    /// The change is announced (`user.role_changed`), so every replica applies it
+    /// to the account's access tokens at once.
     pub async fn set_role(
         &self,
         column: RoleKey<'_>,
@@ -409,16 +411,31 @@ impl Store {
             RoleKey::Username(u) => ("username", u),
             RoleKey::Email(e) => ("email", e),
         };
-        let sql = format!("UPDATE account SET role = $1, updated_at = $2 WHERE {column} = $3");
-        let done = sqlx::query(AssertSqlSafe(sql))
+        let mut tx = self.db.pool().begin().await?;
+        let sql = format!(
+            "UPDATE account SET role = $1, updated_at = $2 WHERE {column} = $3 RETURNING id"
+        );
+        let id: Option<String> = sqlx::query(AssertSqlSafe(sql))
             .bind(role.as_str())
             .bind(now_micros())
             .bind(value)
-            .execute(self.db.pool())
-            .await?;
-        if done.rows_affected() == 0 {
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(id) = id else {
             return Ok(None);
-        }
+        };
+        let event = events::envelope(
+            types::USER_ROLE_CHANGED,
+            PRODUCER,
+            &ev::UserRoleChanged {
+                user_id: id,
+                role: role.to_pb() as i32,
+            },
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        outbox::commit(tx, &self.wake).await?;
         self.find(column, value).await
     }
 

@@ -25,6 +25,8 @@ pub mod types {
     pub const USER_DELETED: &str = "user.deleted";
     pub const USER_FOLLOWED: &str = "user.followed";
     pub const USER_UNFOLLOWED: &str = "user.unfollowed";
+    pub const USER_ROLE_CHANGED: &str = "user.role_changed";
+    pub const SESSIONS_REVOKED: &str = "auth.sessions_revoked";
     pub const ARTICLE_PUBLISHED: &str = "post.article_published";
     pub const ARTICLE_UPDATED: &str = "post.article_updated";
     pub const ARTICLE_DELETED: &str = "post.article_deleted";

@@ -63,7 +63,9 @@ fn signing_key() -> SigningKey {
 /// A verifier that trusts the test key.
 pub fn verifier() -> TokenVerifier {
     let x = URL_SAFE_NO_PAD.encode(signing_key().verifying_key().to_bytes());
-    TokenVerifier::new(TestJwks(x), ISSUER, AUDIENCE)
+    let revocations = agora_kit::revocation::Revocations::new(std::time::Duration::from_secs(600));
+    revocations.apply_snapshot(&Default::default());
+    TokenVerifier::new(TestJwks(x), ISSUER, AUDIENCE, revocations)
 }
 
 /// An access token for `user_id`, signed with the test key.
