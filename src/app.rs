@@ -317,6 +317,21 @@ pub async fn start(
             let handler = Arc::new(agora_auth::events::EventHandler::new(store.clone()));
             bus.start_consumer(handler.consumer(), shutdown.clone())
                 .await?;
+            // Ended sessions stay a day (for the session list's history and
+            // ListRevocations), handled event ids a week.
+            let keep = Revocations::window(config.access_token_ttl)
+                .max(std::time::Duration::from_secs(86_400));
+            tasks.spawn({
+                let prune = store.clone().prune_forever(keep, shutdown.clone());
+                async move {
+                    prune.await;
+                    Ok(())
+                }
+            });
+            tokio::spawn(agora_kit::events::inbox::prune_forever(
+                db.clone(),
+                shutdown.clone(),
+            ));
             let internal = agora_auth::AuthInternalApi::new(
                 store.clone(),
                 Revocations::window(config.access_token_ttl),
@@ -329,7 +344,10 @@ pub async fn start(
                     audience: config.jwt_audience.clone(),
                     access_ttl: config.access_token_ttl,
                 },
-                config.refresh_token_ttl,
+                agora_auth::store::SessionLimits {
+                    sliding: config.refresh_token_ttl,
+                    absolute: config.session_max_lifetime,
+                },
                 upstreams.user.clone(),
                 local_verifier,
             );

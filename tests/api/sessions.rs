@@ -7,6 +7,7 @@ use crate::helpers::{Backend, TestApp};
 crate::on_both_backends!(
     a_refresh_token_works_once_and_returns_a_successor,
     reusing_a_rotated_refresh_token_revokes_the_whole_family,
+    two_tabs_refreshing_at_once_both_stay_signed_in,
     logout_ends_the_session,
     sessions_are_listed_and_can_be_revoked_by_their_owner_only,
     the_jwks_publishes_the_signing_key,
@@ -30,16 +31,45 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family(app: TestApp) 
     let alice = app.signed_up("alice").await;
     let rotated = app.refresh(&alice.refresh).await;
     let successor = rotated.body["refreshToken"].as_str().unwrap().to_owned();
+    let token = rotated.body["token"].as_str().unwrap().to_owned();
+    // Once the successor has been used, the first token is a replay at any time.
+    let third = app.refresh(&successor).await;
+    assert_eq!(third.status, 200, "{:?}", third.body);
+    let third = third.body["refreshToken"].as_str().unwrap().to_owned();
 
     let replay = app.refresh(&alice.refresh).await;
-    let after = app.refresh(&successor).await;
+    let after = app.refresh(&third).await;
 
     assert_eq!(replay.status, 401, "{:?}", replay.body);
     assert_eq!(
         after.status, 401,
-        "the successor dies with its family: {:?}",
+        "the newest token dies with its family: {:?}",
         after.body
     );
+    app.get_until("/api/user", Some(&token), |a| a.status == 401)
+        .await;
+}
+
+async fn two_tabs_refreshing_at_once_both_stay_signed_in(app: TestApp) {
+    let alice = app.signed_up("alice").await;
+
+    let (one, two) = tokio::join!(app.refresh(&alice.refresh), app.refresh(&alice.refresh));
+
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_eq!(two.status, 200, "{:?}", two.body);
+    assert_eq!(one.body["refreshToken"], two.body["refreshToken"]);
+    for tab in [&one, &two] {
+        let token = tab.body["token"].as_str().unwrap();
+        assert_eq!(app.get("/api/user", Some(token)).await.status, 200);
+    }
+    let next = app
+        .refresh(one.body["refreshToken"].as_str().unwrap())
+        .await;
+    assert_eq!(next.status, 200, "{:?}", next.body);
+    // The successor is used now: the first token no longer gets it.
+    assert_eq!(app.refresh(&alice.refresh).await.status, 401);
+    let newest = next.body["refreshToken"].as_str().unwrap();
+    assert_eq!(app.refresh(newest).await.status, 401);
 }
 
 async fn logout_ends_the_session(app: TestApp) {

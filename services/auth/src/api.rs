@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use user_pb::user_internal_service_client::UserInternalServiceClient;
 
 use crate::keys::KeyRing;
-use crate::store::{Reason, Rotation, Store};
+use crate::store::{Reason, Rotation, SessionLimits, Store};
 use crate::throttle::LoginThrottle;
 use crate::tokens::{Minter, Subject};
 
@@ -22,7 +22,7 @@ pub struct AuthApi {
     store: Store,
     keys: Arc<KeyRing>,
     minter: Minter,
-    refresh_ttl: Duration,
+    limits: SessionLimits,
     users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
     verifier: TokenVerifier,
     throttle: Arc<LoginThrottle>,
@@ -33,7 +33,7 @@ impl AuthApi {
         store: Store,
         keys: Arc<KeyRing>,
         minter: Minter,
-        refresh_ttl: Duration,
+        limits: SessionLimits,
         users: agora_kit::upstream::Upstream,
         verifier: TokenVerifier,
     ) -> Self {
@@ -41,7 +41,7 @@ impl AuthApi {
             store,
             keys,
             minter,
-            refresh_ttl,
+            limits,
             users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
             verifier,
             throttle: Arc::new(LoginThrottle::default()),
@@ -57,12 +57,7 @@ impl AuthApi {
         let client = client_of(request);
         let session = self
             .store
-            .start_session(
-                &account.id,
-                &client.user_agent,
-                &client.ip,
-                self.refresh_ttl,
-            )
+            .start_session(&account.id, &client.user_agent, &client.ip, self.limits)
             .await
             .map_err(status::internal)?;
         let token = self.access_token(&account.id, &session.session_id, account.role)?;
@@ -221,7 +216,7 @@ impl AuthService for AuthApi {
         }
         let rotation = self
             .store
-            .rotate(&presented, self.refresh_ttl)
+            .rotate(&presented, self.limits, agora_kit::db::now_micros())
             .await
             .map_err(status::internal)?;
         let (session_id, user_id, refresh_token) = match rotation {

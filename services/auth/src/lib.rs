@@ -28,6 +28,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "revocation",
             include_str!("../migrations/sqlite/0002_revocation.sql"),
         ),
+        (
+            3,
+            "session_limits",
+            include_str!("../migrations/sqlite/0003_session_limits.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -39,6 +44,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             2,
             "revocation",
             include_str!("../migrations/postgres/0002_revocation.sql"),
+        ),
+        (
+            3,
+            "session_limits",
+            include_str!("../migrations/postgres/0003_session_limits.sql"),
         ),
     ],
 };

@@ -13,6 +13,9 @@ use agora_kit::events::relay::Wake;
 use agora_kit::events::{self, outbox, types};
 use agora_kit::token::Role;
 use agora_proto::events::v1 as ev;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
 use crate::tokens::{hash_refresh_token, new_refresh_token};
@@ -49,6 +52,52 @@ pub enum Rotation {
     Reused { session_id: String },
     /// Unknown, expired or revoked.
     Invalid,
+}
+
+/// How long after a refresh token was spent a second use still gets the same
+/// successor: enough for tabs refreshing at once, too short to be worth stealing.
+pub const REUSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long sessions last.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// After the last refresh.
+    pub sliding: Duration,
+    /// After sign-in, however often refreshed.
+    pub absolute: Duration,
+}
+
+impl SessionLimits {
+    /// When a session used at `now` ends, given its absolute end.
+    fn expiry(self, now: i64, absolute: i64) -> i64 {
+        now.saturating_add(micros(self.sliding)).min(absolute)
+    }
+}
+
+/// The successor token as stored beside the spent one: XORed with a key derived
+/// from the spent token, which only its holder has (the database keeps only its
+/// hash). Each key seals exactly one successor.
+fn seal(spent: &str, successor: &str) -> anyhow::Result<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(successor)?;
+    let key = Sha256::digest([b"agora refresh successor:".as_slice(), spent.as_bytes()].concat());
+    anyhow::ensure!(bytes.len() == key.len(), "refresh tokens are 32 bytes");
+    Ok(bytes
+        .iter()
+        .zip(key.iter())
+        .map(|(b, k)| format!("{:02x}", b ^ k))
+        .collect())
+}
+
+fn unseal(spent: &str, sealed: &str) -> anyhow::Result<String> {
+    let key = Sha256::digest([b"agora refresh successor:".as_slice(), spent.as_bytes()].concat());
+    anyhow::ensure!(
+        sealed.len() == 2 * key.len(),
+        "sealed successor has the wrong size"
+    );
+    let bytes = (0..key.len())
+        .map(|i| u8::from_str_radix(&sealed[2 * i..2 * i + 2], 16).map(|b| b ^ key[i]))
+        .collect::<Result<Vec<u8>, _>>()?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn micros(d: Duration) -> i64 {
@@ -110,22 +159,24 @@ impl Store {
         user_id: &str,
         user_agent: &str,
         ip_address: &str,
-        ttl: Duration,
+        limits: SessionLimits,
     ) -> anyhow::Result<NewSession> {
         let session_id = uuid::Uuid::now_v7().to_string();
         let refresh_token = new_refresh_token()?;
         let now = now_micros();
+        let absolute = now.saturating_add(micros(limits.absolute));
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
-            "INSERT INTO session (id, user_id, user_agent, ip_address, created_at, last_used_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6)",
+            "INSERT INTO session (id, user_id, user_agent, ip_address, created_at, last_used_at, \
+             expires_at, absolute_expires_at) VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
         )
         .bind(&session_id)
         .bind(user_id)
         .bind(truncate(user_agent, 512))
         .bind(truncate(ip_address, 64))
         .bind(now)
-        .bind(now + micros(ttl))
+        .bind(limits.expiry(now, absolute))
+        .bind(absolute)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -143,13 +194,23 @@ impl Store {
         })
     }
 
+    /// Trades a refresh token for its successor, at `now` (microseconds).
+    ///
+    /// The first use mints the successor. A second use within [`REUSE_GRACE`],
+    /// while the successor is still unused, answers with the same successor (two
+    /// tabs refreshing at once). Any other use of a spent token is a replay: the
+    /// session is revoked.
     #[tracing::instrument(skip_all, err)]
-    pub async fn rotate(&self, presented: &str, ttl: Duration) -> anyhow::Result<Rotation> {
+    pub async fn rotate(
+        &self,
+        presented: &str,
+        limits: SessionLimits,
+        now: i64,
+    ) -> anyhow::Result<Rotation> {
         let hash = hash_refresh_token(presented);
-        let now = now_micros();
         let mut tx = self.db.pool().begin().await?;
         let row = sqlx::query(
-            "SELECT s.id, s.user_id, s.expires_at, s.revoked_at, t.used_at \
+            "SELECT s.id, s.user_id, s.expires_at, s.absolute_expires_at, s.revoked_at \
              FROM refresh_token t JOIN session s ON s.id = t.session_id \
              WHERE t.token_hash = $1",
         )
@@ -162,57 +223,101 @@ impl Store {
         let session_id: String = row.try_get("id")?;
         let user_id: String = row.try_get("user_id")?;
         let expires_at: i64 = row.try_get("expires_at")?;
+        let absolute: i64 = row.try_get("absolute_expires_at")?;
         let revoked_at: Option<i64> = row.try_get("revoked_at")?;
-        let used_at: Option<i64> = row.try_get("used_at")?;
-        if revoked_at.is_some() || expires_at <= now {
+        if revoked_at.is_some() || expires_at <= now || absolute <= now {
             return Ok(Rotation::Invalid);
         }
         // The guard on `used_at` makes two concurrent uses of one token resolve to
-        // one rotation and one reuse, never two rotations.
+        // one rotation and one second use, never two rotations.
+        let refresh_token = new_refresh_token()?;
+        let successor_hash = hash_refresh_token(&refresh_token);
         let claimed = sqlx::query(
-            "UPDATE refresh_token SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+            "UPDATE refresh_token SET used_at = $1, successor_hash = $2, successor_sealed = $3 \
+             WHERE token_hash = $4 AND used_at IS NULL",
         )
         .bind(now)
+        .bind(&successor_hash)
+        .bind(seal(presented, &refresh_token)?)
         .bind(&hash)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
-        if used_at.is_some() || !claimed {
-            let revoked = sqlx::query(
-                "UPDATE session SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
-                 RETURNING id, user_id",
+        if claimed {
+            sqlx::query(
+                "INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
             )
-            .bind(now)
+            .bind(&successor_hash)
             .bind(&session_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            announce(&mut tx, &revoked, Reason::Replayed).await?;
-            outbox::commit(tx, &self.wake).await?;
-            tracing::warn!(%session_id, "refresh token reused: session revoked");
-            return Ok(Rotation::Reused { session_id });
-        }
-        let refresh_token = new_refresh_token()?;
-        sqlx::query(
-            "INSERT INTO refresh_token (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(hash_refresh_token(&refresh_token))
-        .bind(&session_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE session SET last_used_at = $1, expires_at = $2 WHERE id = $3")
             .bind(now)
-            .bind(now + micros(ttl))
-            .bind(&session_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(Rotation::Rotated {
-            session_id,
-            user_id,
-            refresh_token,
-        })
+            sqlx::query("UPDATE session SET last_used_at = $1, expires_at = $2 WHERE id = $3")
+                .bind(now)
+                .bind(limits.expiry(now, absolute))
+                .bind(&session_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Rotation::Rotated {
+                session_id,
+                user_id,
+                refresh_token,
+            });
+        }
+        if let Some(refresh_token) = self.within_grace(&mut tx, presented, &hash, now).await? {
+            tx.commit().await?;
+            return Ok(Rotation::Rotated {
+                session_id,
+                user_id,
+                refresh_token,
+            });
+        }
+        let revoked = sqlx::query(
+            "UPDATE session SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+             RETURNING id, user_id",
+        )
+        .bind(now)
+        .bind(&session_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        announce(&mut tx, &revoked, Reason::Replayed).await?;
+        outbox::commit(tx, &self.wake).await?;
+        tracing::warn!(%session_id, "refresh token reused: session revoked");
+        Ok(Rotation::Reused { session_id })
+    }
+
+    /// The successor of a spent token, if it was spent within [`REUSE_GRACE`] and
+    /// its successor has not been used yet.
+    async fn within_grace(
+        &self,
+        conn: &mut AnyConnection,
+        presented: &str,
+        hash: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<String>> {
+        let spent = sqlx::query(
+            "SELECT t.used_at, t.successor_sealed, n.used_at AS successor_used_at \
+             FROM refresh_token t JOIN refresh_token n ON n.token_hash = t.successor_hash \
+             WHERE t.token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(spent) = spent else {
+            return Ok(None);
+        };
+        let used_at: Option<i64> = spent.try_get("used_at")?;
+        let successor_used_at: Option<i64> = spent.try_get("successor_used_at")?;
+        let sealed: Option<String> = spent.try_get("successor_sealed")?;
+        let fresh = used_at.is_some_and(|at| now - at <= micros(REUSE_GRACE));
+        match sealed {
+            Some(sealed) if fresh && successor_used_at.is_none() => {
+                Ok(Some(unseal(presented, &sealed)?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Revokes the session a refresh token belongs to; whether there was one.
@@ -341,6 +446,52 @@ impl Store {
         Ok(rows)
     }
 
+    /// Deletes sessions that ended before `before` (microseconds), with their
+    /// refresh tokens, and role changes older than it; how many sessions went.
+    pub async fn prune(&self, before: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let ended = "(revoked_at IS NOT NULL AND revoked_at < $1) OR expires_at < $1";
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM refresh_token WHERE session_id IN (SELECT id FROM session WHERE {ended})"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let sessions = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM session WHERE {ended}"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM role_change WHERE changed_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(sessions)
+    }
+
+    /// Prunes every hour until `shutdown`, keeping ended sessions for `keep`
+    /// (at least the revocation window: `ListRevocations` reads them).
+    pub async fn prune_forever(
+        self,
+        keep: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            match self.prune(now_micros().saturating_sub(micros(keep))).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "ended sessions pruned"),
+                Err(err) => tracing::warn!(error = %err, "pruning sessions failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    }
+
     /// A user's active sessions, newest first (at most 100).
     pub async fn active_sessions(&self, user_id: &str) -> Result<Vec<SessionRow>, sqlx::Error> {
         let rows = sqlx::query(
@@ -397,5 +548,128 @@ fn truncate(value: &str, max: usize) -> &str {
     match value.char_indices().nth(max) {
         Some((i, _)) => &value[..i],
         None => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000_000;
+    const SECOND: i64 = 1_000_000;
+
+    async fn store() -> Store {
+        let path = std::env::temp_dir()
+            .join(format!("agora-auth-{}", uuid::Uuid::now_v7()))
+            .join("auth.db");
+        let target = agora_kit::config::DatabaseTarget::Sqlite(path);
+        let db = crate::open_db(&target).await.unwrap();
+        Store::new(db, Wake::default())
+    }
+
+    const LIMITS: SessionLimits = SessionLimits {
+        sliding: Duration::from_secs(7 * 86_400),
+        absolute: Duration::from_secs(8 * 86_400),
+    };
+
+    async fn successor(store: &Store, token: &str, at: i64) -> String {
+        match store.rotate(token, LIMITS, at).await.unwrap() {
+            Rotation::Rotated { refresh_token, .. } => refresh_token,
+            other => panic!("expected a successor, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_use_within_the_grace_gets_the_same_successor_until_that_is_used() {
+        let store = store().await;
+        let first = store.start_session("u1", "", "", LIMITS).await.unwrap();
+        let t = now_micros();
+
+        let tab_one = successor(&store, &first.refresh_token, t).await;
+        let tab_two = successor(&store, &first.refresh_token, t + SECOND).await;
+        assert_eq!(tab_one, tab_two);
+
+        let next = successor(&store, &tab_one, t + 2 * SECOND).await;
+        assert!(matches!(
+            store
+                .rotate(&first.refresh_token, LIMITS, t + 3 * SECOND)
+                .await
+                .unwrap(),
+            Rotation::Reused { .. }
+        ));
+        assert!(matches!(
+            store.rotate(&next, LIMITS, t + 4 * SECOND).await.unwrap(),
+            Rotation::Invalid
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_use_after_the_grace_is_a_replay() {
+        let store = store().await;
+        let first = store.start_session("u1", "", "", LIMITS).await.unwrap();
+        let t = now_micros();
+        let next = successor(&store, &first.refresh_token, t).await;
+
+        let late = t + micros(REUSE_GRACE) + SECOND;
+        assert!(matches!(
+            store
+                .rotate(&first.refresh_token, LIMITS, late)
+                .await
+                .unwrap(),
+            Rotation::Reused { .. }
+        ));
+        assert!(matches!(
+            store.rotate(&next, LIMITS, late).await.unwrap(),
+            Rotation::Invalid
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_at_its_absolute_lifetime_however_often_refreshed() {
+        let store = store().await;
+        let first = store.start_session("u1", "", "", LIMITS).await.unwrap();
+        let t = now_micros();
+
+        let day_five = successor(&store, &first.refresh_token, t + 5 * DAY).await;
+
+        // Sliding alone would allow day 9 (5 + 7); the absolute 8 days do not.
+        assert!(matches!(
+            store.rotate(&day_five, LIMITS, t + 9 * DAY).await.unwrap(),
+            Rotation::Invalid
+        ));
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_are_pruned_after_they_stop_mattering() {
+        let store = store().await;
+        let gone = store.start_session("u1", "", "", LIMITS).await.unwrap();
+        let kept = store.start_session("u1", "", "", LIMITS).await.unwrap();
+        store.revoke_by_token(&gone.refresh_token).await.unwrap();
+
+        let pruned = store.prune(now_micros() + SECOND).await.unwrap();
+
+        assert_eq!(pruned, 1);
+        let left = store.active_sessions("u1").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, kept.session_id);
+        assert!(matches!(
+            store
+                .rotate(&gone.refresh_token, LIMITS, now_micros())
+                .await
+                .unwrap(),
+            Rotation::Invalid
+        ));
+    }
+
+    #[test]
+    fn a_sealed_successor_opens_only_with_the_spent_token() {
+        let spent = new_refresh_token().unwrap();
+        let successor = new_refresh_token().unwrap();
+        let sealed = seal(&spent, &successor).unwrap();
+
+        assert_eq!(unseal(&spent, &sealed).unwrap(), successor);
+        let other = new_refresh_token().unwrap();
+        assert_ne!(unseal(&other, &sealed).unwrap(), successor);
+        assert!(!sealed.contains(&successor));
     }
 }

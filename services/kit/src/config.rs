@@ -25,6 +25,7 @@ pub const JWT_ISSUER: &str = "AGORA_JWT_ISSUER";
 pub const JWT_AUDIENCE: &str = "AGORA_JWT_AUDIENCE";
 pub const ACCESS_TOKEN_TTL: &str = "AGORA_ACCESS_TOKEN_TTL";
 pub const REFRESH_TOKEN_TTL: &str = "AGORA_REFRESH_TOKEN_TTL";
+pub const SESSION_MAX_LIFETIME: &str = "AGORA_SESSION_MAX_LIFETIME";
 pub const LOG_FORMAT: &str = "AGORA_LOG_FORMAT";
 pub const ADMIN_EMAIL: &str = "AGORA_ADMIN_EMAIL";
 pub const RATE_LIMIT_PER_SECOND: &str = "AGORA_RATE_LIMIT_PER_SECOND";
@@ -149,7 +150,10 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub access_token_ttl: Duration,
+    /// Sliding: a session ends this long after its last refresh.
     pub refresh_token_ttl: Duration,
+    /// Absolute: a session ends this long after sign-in, however often refreshed.
+    pub session_max_lifetime: Duration,
     pub log_format: Option<LogFormat>,
     pub admin_email: Option<String>,
     pub rate_limit_per_second: u32,
@@ -258,6 +262,12 @@ impl Config {
                 "{ACCESS_TOKEN_TTL} must be shorter than {REFRESH_TOKEN_TTL}"
             ));
         }
+        let session_max_lifetime = duration(&get, SESSION_MAX_LIFETIME, "30d", &mut errors);
+        if session_max_lifetime < refresh_token_ttl {
+            errors.push(format!(
+                "{SESSION_MAX_LIFETIME} must not be shorter than {REFRESH_TOKEN_TTL}"
+            ));
+        }
 
         let log_format = match get(LOG_FORMAT).as_deref() {
             None => None,
@@ -309,6 +319,7 @@ impl Config {
             jwt_audience,
             access_token_ttl,
             refresh_token_ttl,
+            session_max_lifetime,
             log_format,
             admin_email,
             rate_limit_per_second,
