@@ -1,19 +1,21 @@
 //! The embedded agora contract: the descriptor pool decoded from
-//! `agora_proto::FILE_DESCRIPTOR_SET`, plus the two method options the gateway reads
-//! (`google.api.http` and `agora.options.v1.http_success_code`) and the proto
-//! comments that become API docs. Decoded once per process; everything else is
+//! `agora_proto::FILE_DESCRIPTOR_SET`, plus the options the gateway reads
+//! (`google.api.http`, `agora.options.v1.http_success_code` and
+//! `agora.options.v1.sign_in_budget`) and the proto comments that become API docs. Decoded once per process; everything else is
 //! derived from it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
-use prost_reflect::{DescriptorPool, ExtensionDescriptor, MethodDescriptor};
+use prost_reflect::{DescriptorPool, ExtensionDescriptor, MethodDescriptor, ServiceDescriptor};
 
 /// Full name of the HTTP rule extension.
 pub const HTTP_RULE_EXTENSION: &str = "google.api.http";
 /// Full name of agora's success-status extension.
 pub const SUCCESS_CODE_EXTENSION: &str = "agora.options.v1.http_success_code";
+/// Full name of agora's sign-in-budget service option.
+pub const SIGN_IN_BUDGET_EXTENSION: &str = "agora.options.v1.sign_in_budget";
 
 /// The contract as the gateway uses it. Cheap to clone.
 #[derive(Clone)]
@@ -24,6 +26,8 @@ pub struct Contract {
     pub http_rule: ExtensionDescriptor,
     /// `agora.options.v1.http_success_code`; absent when a test pool lacks it.
     pub success_code: Option<ExtensionDescriptor>,
+    /// `agora.options.v1.sign_in_budget`; absent when a test pool lacks it.
+    pub sign_in_budget: Option<ExtensionDescriptor>,
     comments: Arc<HashMap<(String, Vec<i32>), String>>,
 }
 
@@ -46,6 +50,7 @@ impl Contract {
             .get_extension_by_name(HTTP_RULE_EXTENSION)
             .with_context(|| format!("the descriptor set lacks {HTTP_RULE_EXTENSION}"))?;
         let success_code = pool.get_extension_by_name(SUCCESS_CODE_EXTENSION);
+        let sign_in_budget = pool.get_extension_by_name(SIGN_IN_BUDGET_EXTENSION);
         let mut comments = HashMap::new();
         for file in pool.files() {
             let Some(info) = &file.file_descriptor_proto().source_code_info else {
@@ -63,7 +68,16 @@ impl Contract {
             pool,
             http_rule,
             success_code,
+            sign_in_budget,
             comments: Arc::new(comments),
+        })
+    }
+
+    /// Whether calls to `service` draw on the sign-in budget.
+    pub fn draws_sign_in_budget(&self, service: &ServiceDescriptor) -> bool {
+        self.sign_in_budget.as_ref().is_some_and(|ext| {
+            let options = service.options();
+            options.has_extension(ext) && options.get_extension(ext).as_bool() == Some(true)
         })
     }
 

@@ -2,6 +2,7 @@
 //! stack of tower layers (see [`wrap`]). Each layer says why it is there and why in
 //! that position. Rejections made here go through `error::respond` like any other.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use tower_http::trace::TraceLayer;
 
 use agora_kit::net::IpRange;
 
+use crate::contract::Contract;
 use crate::error::{GatewayError, Protocol, respond};
+use crate::route::RouteTable;
 use crate::upstream::ClientIp;
 use crate::{forwarded, metrics};
 
@@ -42,6 +45,47 @@ pub struct EdgeConfig {
     pub auth_rate_limit_per_minute: u32,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpRange>,
+    /// Which requests draw on the sign-in budget.
+    pub sign_in: Arc<SignInRoutes>,
+}
+
+/// The requests that draw on the sign-in budget, derived from the contract: every
+/// call of a service marked `agora.options.v1.sign_in_budget`. A request is
+/// classified exactly as the gateway then serves it — REST by the route table's
+/// own lookup (trailing slash and all), gRPC and gRPC-web by the proxy's reading
+/// of the path — so no spelling the gateway accepts escapes the budget.
+#[derive(Debug)]
+pub struct SignInRoutes {
+    routes: RouteTable,
+    services: BTreeSet<String>,
+}
+
+impl SignInRoutes {
+    pub fn new(contract: &Contract, routes: &RouteTable) -> Self {
+        let services = contract
+            .pool
+            .services()
+            .filter(|service| contract.draws_sign_in_budget(service))
+            .map(|service| service.full_name().to_owned())
+            .collect();
+        SignInRoutes {
+            routes: routes.clone(),
+            services,
+        }
+    }
+
+    /// Whether this request draws on the sign-in budget.
+    pub fn covers(&self, protocol: Protocol, method: &Method, path: &str) -> bool {
+        match protocol {
+            Protocol::Grpc | Protocol::GrpcWeb => {
+                self.services.contains(crate::proxy::service_of(path))
+            }
+            Protocol::Json => self.routes.resolve(method, path).is_ok_and(|(route, _)| {
+                self.services
+                    .contains(route.method.parent_service().full_name())
+            }),
+        }
+    }
 }
 
 /// Grace beyond the request timeout, so the upstream's own DEADLINE_EXCEEDED (it
@@ -67,7 +111,7 @@ pub fn wrap(router: Router, config: &EdgeConfig) -> Router {
             // Echo the id on the response, inside the span so it is logged with it.
             .layer(PropagateRequestIdLayer::x_request_id())
             // Security headers on every response, including CORS preflights and rejections.
-            .layer(from_fn(security_headers))
+            .layer(from_fn_with_state(config.sign_in.clone(), security_headers))
             // CORS before rate limiting and the body limit: a browser can read a 429
             // or 413 only if it carries CORS headers; preflights cost no budget.
             .layer(cors(&config.cors_origins))
@@ -113,6 +157,12 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("origin-agent-cluster", "?1"),
+    // An API needs no powerful browser feature.
+    (
+        "permissions-policy",
+        "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), \
+         microphone=(), payment=(), usb=()",
+    ),
     ("referrer-policy", "no-referrer"),
     (
         "strict-transport-security",
@@ -126,9 +176,24 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-xss-protection", "0"),
 ];
 
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(
+    State(sign_in): State<Arc<SignInRoutes>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Answers to a signed-in caller are theirs alone, and sign-in answers carry
+    // tokens: no cache, shared or private, may keep them.
+    let private = request.headers().contains_key(header::AUTHORIZATION)
+        || sign_in.covers(
+            Protocol::of(request.headers()),
+            request.method(),
+            request.uri().path(),
+        );
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if private {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     for (name, value) in SECURITY_HEADERS {
         headers
             .entry(HeaderName::from_static(name))
@@ -216,6 +281,7 @@ async fn client_ip(
 pub struct RateLimits {
     general: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    sign_in: Arc<SignInRoutes>,
     seen: AtomicU64,
     /// Made once: building a clock calibrates it (cpuid and a TSC read), which
     /// cost more than the rest of the rate check when done per request.
@@ -236,13 +302,14 @@ impl RateLimits {
         RateLimits {
             general,
             auth,
+            sign_in: config.sign_in.clone(),
             seen: AtomicU64::new(0),
             clock: DefaultClock::default(),
         }
     }
 
     /// `Err(wait)` when the client must wait before trying again.
-    fn check(&self, ip: IpAddr, path: &str) -> Result<(), Duration> {
+    fn check(&self, ip: IpAddr, request: &Request) -> Result<(), Duration> {
         if self.seen.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
             for limiter in [&self.general, &self.auth].into_iter().flatten() {
                 limiter.retain_recent();
@@ -253,8 +320,12 @@ impl RateLimits {
         if let Some(limiter) = &self.general {
             limiter.check_key(&ip).map_err(|n| n.wait_time_from(now))?;
         }
-        if is_auth_path(path)
-            && let Some(limiter) = &self.auth
+        if let Some(limiter) = &self.auth
+            && self.sign_in.covers(
+                Protocol::of(request.headers()),
+                request.method(),
+                request.uri().path(),
+            )
         {
             limiter.check_key(&ip).map_err(|n| n.wait_time_from(now))?;
         }
@@ -274,13 +345,6 @@ pub fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Registration, login and the token routes, over REST and over gRPC.
-pub fn is_auth_path(path: &str) -> bool {
-    matches!(path, "/api/users" | "/api/users/" | "/api/users/login")
-        || path.starts_with("/api/auth/")
-        || path.starts_with("/agora.auth.v1.AuthService/")
-}
-
 async fn rate_limit(
     State(limits): State<Arc<RateLimits>>,
     request: Request,
@@ -291,7 +355,7 @@ async fn rate_limit(
         .extensions()
         .get::<ClientIp>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| rate_key(c.0));
-    match limits.check(ip, request.uri().path()) {
+    match limits.check(ip, &request) {
         Ok(()) => next.run(request).await,
         Err(retry_after) => respond(
             GatewayError::RateLimited { retry_after },
@@ -332,6 +396,12 @@ async fn body_size_limit(
 mod tests {
     use super::*;
 
+    fn sign_in_routes() -> Arc<SignInRoutes> {
+        let contract = Contract::agora().unwrap();
+        let routes = RouteTable::build(&contract).unwrap();
+        Arc::new(SignInRoutes::new(&contract, &routes))
+    }
+
     fn limits(per_second: u32, auth_per_minute: u32) -> RateLimits {
         RateLimits::new(&EdgeConfig {
             cors_origins: vec![],
@@ -340,19 +410,34 @@ mod tests {
             rate_limit_per_second: per_second,
             auth_rate_limit_per_minute: auth_per_minute,
             trusted_proxies: vec![],
+            sign_in: sign_in_routes(),
         })
+    }
+
+    fn request(method: &str, path: &str, content_type: &str) -> Request {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn post(path: &str) -> Request {
+        request("POST", path, "application/json")
     }
 
     #[test]
     fn the_general_budget_allows_a_burst_of_twice_the_rate() {
         let limits = limits(5, 100);
         let ip: IpAddr = [10, 0, 0, 1].into();
+        let tags = request("GET", "/api/tags", "application/json");
         for _ in 0..10 {
-            assert!(limits.check(ip, "/api/tags").is_ok());
+            assert!(limits.check(ip, &tags).is_ok());
         }
-        assert!(limits.check(ip, "/api/tags").is_err());
+        assert!(limits.check(ip, &tags).is_err());
         // Another client has its own budget.
-        assert!(limits.check([10, 0, 0, 2].into(), "/api/tags").is_ok());
+        assert!(limits.check([10, 0, 0, 2].into(), &tags).is_ok());
     }
 
     #[test]
@@ -360,18 +445,23 @@ mod tests {
         let limits = limits(1000, 3);
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..3 {
-            assert!(limits.check(ip, "/api/users/login").is_ok());
+            assert!(limits.check(ip, &post("/api/users/login")).is_ok());
         }
-        let wait = limits.check(ip, "/api/auth/refresh").unwrap_err();
+        let wait = limits.check(ip, &post("/api/auth/refresh")).unwrap_err();
         assert!(wait > Duration::ZERO);
-        assert!(limits.check(ip, "/api/tags").is_ok());
+        let tags = request("GET", "/api/tags", "application/json");
+        assert!(limits.check(ip, &tags).is_ok());
     }
 
     #[test]
     fn zero_disables_a_budget() {
         let limits = limits(0, 0);
         for _ in 0..1000 {
-            assert!(limits.check([10, 0, 0, 1].into(), "/api/users").is_ok());
+            assert!(
+                limits
+                    .check([10, 0, 0, 1].into(), &post("/api/users"))
+                    .is_ok()
+            );
         }
     }
 
@@ -387,12 +477,59 @@ mod tests {
     }
 
     #[test]
-    fn auth_paths_cover_rest_and_grpc() {
-        assert!(is_auth_path("/api/users"));
-        assert!(is_auth_path("/api/users/login"));
-        assert!(is_auth_path("/api/auth/sessions/1"));
-        assert!(is_auth_path("/agora.auth.v1.AuthService/Login"));
-        assert!(!is_auth_path("/api/user"));
-        assert!(!is_auth_path("/api/profiles/jake"));
+    fn every_spelling_of_a_sign_in_call_draws_on_the_budget() {
+        let routes = sign_in_routes();
+        let covered =
+            |r: Request| routes.covers(Protocol::of(r.headers()), r.method(), r.uri().path());
+        for drawn in [
+            post("/api/users"),
+            post("/api/users/"),
+            post("/api/users/login"),
+            post("/api/users/login/"),
+            post("/api/auth/refresh/"),
+            post("/api/auth/logout-all"),
+            request("DELETE", "/api/auth/sessions/abc", "application/json"),
+            request("GET", "/.well-known/jwks.json", "application/json"),
+            request(
+                "POST",
+                "/agora.auth.v1.AuthService/Login",
+                "application/grpc",
+            ),
+            request(
+                "POST",
+                "//agora.auth.v1.AuthService/Login",
+                "application/grpc",
+            ),
+            request(
+                "POST",
+                "/agora.auth.v1.AuthService/Login",
+                "application/grpc-web+proto",
+            ),
+            request(
+                "POST",
+                "/agora.auth.v1.AuthService/Login",
+                "application/grpc-web-text",
+            ),
+        ] {
+            let shown = format!("{} {}", drawn.method(), drawn.uri());
+            assert!(covered(drawn), "{shown} escapes the sign-in budget");
+        }
+        for free in [
+            request("GET", "/api/user", "application/json"),
+            request("GET", "/api/profiles/jake", "application/json"),
+            request(
+                "POST",
+                "/agora.post.v1.PostService/GetArticle",
+                "application/grpc",
+            ),
+            // Not a route: answered 404 without reaching a service.
+            post("/api/users/%6Cogin"),
+        ] {
+            let shown = format!("{} {}", free.method(), free.uri());
+            assert!(
+                !covered(free),
+                "{shown} should not draw on the sign-in budget"
+            );
+        }
     }
 }

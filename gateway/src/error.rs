@@ -149,6 +149,18 @@ impl GatewayError {
         }
     }
 
+    /// When the client may try again: the edge's own budgets, or a service's
+    /// RESOURCE_EXHAUSTED carrying `google.rpc.RetryInfo` (a locked account).
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after } => Some(*retry_after),
+            GatewayError::Upstream(status) if status.code() == Code::ResourceExhausted => status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
+            _ => None,
+        }
+    }
+
     fn log(&self) {
         match self {
             GatewayError::Internal(cause) => tracing::error!(%cause, "gateway fault"),
@@ -263,10 +275,10 @@ fn json_response(error: &GatewayError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let GatewayError::RateLimited { retry_after } = error {
+    if let Some(retry_after) = error.retry_after() {
         response.headers_mut().insert(
             header::RETRY_AFTER,
-            HeaderValue::from(retry_after_seconds(*retry_after)),
+            HeaderValue::from(retry_after_seconds(retry_after)),
         );
     }
     response
@@ -284,10 +296,10 @@ fn grpc_response(error: &GatewayError) -> Response {
         other => Status::new(other.grpc_code(), other.to_string()),
     };
     let mut response = status.into_http::<Body>();
-    if let GatewayError::RateLimited { retry_after } = error {
+    if let Some(retry_after) = error.retry_after() {
         response.headers_mut().insert(
             header::RETRY_AFTER,
-            HeaderValue::from(retry_after_seconds(*retry_after)),
+            HeaderValue::from(retry_after_seconds(retry_after)),
         );
     }
     response

@@ -121,6 +121,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
             body_limit: config.body_limit_bytes,
         }),
     };
+    let sign_in = Arc::new(edge::SignInRoutes::new(&contract, &app.rest.routes));
     let edge = EdgeConfig {
         cors_origins: config.cors_origins,
         body_limit_bytes: config.body_limit_bytes,
@@ -128,6 +129,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         rate_limit_per_second: config.rate_limit_per_second,
         auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
         trusted_proxies: config.trusted_proxies,
+        sign_in,
     };
     let routes = Router::new()
         .route(

@@ -36,6 +36,14 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
     header::UPGRADE,
 ];
 
+/// The service a gRPC path (`/package.Service/Method`) calls, as the proxy reads
+/// it; the rate limiter reads it the same way, so no spelling escapes a budget.
+pub fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .map_or("", |(service, _)| service)
+}
+
 /// Forwards gRPC requests to the owning upstream.
 #[derive(Debug, Clone)]
 pub struct GrpcProxy {
@@ -75,13 +83,7 @@ impl GrpcProxy {
         mut request: Request<tonic::body::Body>,
     ) -> Result<Response, GatewayError> {
         // `/package.Service/Method`
-        let service = request
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(service, _)| service.to_owned())
-            .unwrap_or_default();
+        let service = service_of(request.uri().path()).to_owned();
         if !self.inner.exposed.contains(&service) {
             return Err(GatewayError::ServiceNotExposed(service));
         }

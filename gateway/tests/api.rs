@@ -424,7 +424,33 @@ async fn every_response_carries_security_headers_and_a_request_id() {
         assert_eq!(headers["x-permitted-cross-domain-policies"], "none");
         assert!(!headers["x-request-id"].is_empty());
         assert!(!headers.contains_key("x-powered-by"));
+        assert!(
+            headers["permissions-policy"]
+                .to_str()
+                .unwrap()
+                .contains("camera=()")
+        );
     }
+}
+
+#[tokio::test]
+async fn answers_that_carry_tokens_or_a_callers_data_are_never_cached() {
+    let app = TestApp::start().await;
+
+    let login = app.json("POST", "/api/users/login/", "{}").await;
+    let signed_in = app
+        .send(
+            Request::get("/api/profiles/jake")
+                .header("authorization", "Token abc")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let anonymous = app.get("/api/profiles/jake").await;
+
+    assert_eq!(login.headers()["cache-control"], "no-store");
+    assert_eq!(signed_in.headers()["cache-control"], "no-store");
+    assert!(!anonymous.headers().contains_key("cache-control"));
 }
 
 #[tokio::test]
@@ -473,10 +499,20 @@ async fn cors_allows_listed_origins_only_and_exposes_grpc_headers() {
 async fn auth_routes_hit_their_stricter_rate_limit_first() {
     let app = TestApp::with_config(|c| c.auth_rate_limit_per_minute = 2).await;
 
-    for _ in 0..2 {
-        let response = app.json("POST", "/api/users/login", "{}").await;
+    // Every spelling the gateway serves as a sign-in call spends the same budget.
+    for path in ["/api/users/login", "/api/users/login/"] {
+        let response = app.json("POST", path, "{}").await;
         assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     }
+    let over_grpc_web = app
+        .send(
+            Request::post("//agora.auth.v1.AuthService/Login")
+                .header("content-type", "application/grpc-web+proto")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(over_grpc_web.headers()["grpc-status"], "8");
     let limited = app.json("POST", "/api/users/login", "{}").await;
 
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -17,6 +17,7 @@ crate::on_both_backends!(
     profiles_show_following_for_the_viewer,
     following_an_unknown_user_is_404_and_yourself_422,
     no_response_ever_carries_a_password_hash,
+    a_locked_account_answers_429_with_retry_after_even_to_the_right_password,
 );
 
 async fn registering_answers_201_with_the_conduit_user_and_a_refresh_token(app: TestApp) {
@@ -238,4 +239,27 @@ async fn no_response_ever_carries_a_password_hash(app: TestApp) {
         assert!(!text.contains("argon2"), "{text}");
         assert!(!text.to_lowercase().contains("password"), "{text}");
     }
+}
+
+async fn a_locked_account_answers_429_with_retry_after_even_to_the_right_password(app: TestApp) {
+    app.signed_up("jake").await;
+    for _ in 0..10 {
+        let wrong = app.login("jake@agora.test", "not-the-password").await;
+        assert_eq!(wrong.status, 401, "{:?}", wrong.body);
+    }
+
+    let locked = app.login("JAKE@agora.test", "password123").await;
+
+    assert_eq!(locked.status, 429, "{:?}", locked.body);
+    let wait: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 800 && wait <= 900, "{wait}");
+    assert!(
+        locked.body["errors"]["body"][0].is_string(),
+        "{:?}",
+        locked.body
+    );
 }

@@ -25,7 +25,7 @@ pub struct AuthApi {
     limits: SessionLimits,
     users: UserInternalServiceClient<agora_kit::upstream::TracedChannel>,
     verifier: TokenVerifier,
-    throttle: Arc<LoginThrottle>,
+    throttle: LoginThrottle,
 }
 
 impl AuthApi {
@@ -38,13 +38,13 @@ impl AuthApi {
         verifier: TokenVerifier,
     ) -> Self {
         Self {
+            throttle: LoginThrottle::standard(store.db().clone()),
             store,
             keys,
             minter,
             limits,
             users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
             verifier,
-            throttle: Arc::new(LoginThrottle::default()),
         }
     }
 
@@ -181,7 +181,7 @@ impl AuthService for AuthApi {
             return Err(status::invalid(violations));
         }
         let ip = client_of(&request).ip;
-        self.throttle.check(&credentials.email, &ip)?;
+        self.throttle.check(&credentials.email, &ip).await?;
         let verified = self
             .users
             .clone()
@@ -195,12 +195,16 @@ impl AuthService for AuthApi {
                 status::internal(anyhow::anyhow!("VerifyCredentials returned no user"))
             })?,
             Err(err) if err.code() == Code::Unauthenticated => {
-                self.throttle.failed(&credentials.email, &ip);
+                if let Err(err) = self.throttle.failed(&credentials.email, &ip).await {
+                    tracing::warn!(error = %err, "recording a failed sign-in failed");
+                }
                 return Err(Status::unauthenticated("email or password is invalid"));
             }
             Err(err) => return Err(relay(err)),
         };
-        self.throttle.succeeded(&credentials.email);
+        if let Err(err) = self.throttle.succeeded(&credentials.email).await {
+            tracing::warn!(error = %err, "clearing failed sign-ins failed");
+        }
         let user = self.sign_in(&request, account).await?;
         Ok(Response::new(pb::LoginResponse { user: Some(user) }))
     }

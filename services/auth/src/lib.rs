@@ -33,6 +33,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "session_limits",
             include_str!("../migrations/sqlite/0003_session_limits.sql"),
         ),
+        (
+            4,
+            "login_failure",
+            include_str!("../migrations/sqlite/0004_login_failure.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -49,6 +54,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             3,
             "session_limits",
             include_str!("../migrations/postgres/0003_session_limits.sql"),
+        ),
+        (
+            4,
+            "login_failure",
+            include_str!("../migrations/postgres/0004_login_failure.sql"),
         ),
     ],
 };

@@ -447,7 +447,8 @@ impl Store {
     }
 
     /// Deletes sessions that ended before `before` (microseconds), with their
-    /// refresh tokens, and role changes older than it; how many sessions went.
+    /// refresh tokens, and role changes and sign-in failures older than it; how
+    /// many sessions went.
     pub async fn prune(&self, before: i64) -> Result<u64, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         let ended = "(revoked_at IS NOT NULL AND revoked_at < $1) OR expires_at < $1";
@@ -465,6 +466,11 @@ impl Store {
         .await?
         .rows_affected();
         sqlx::query("DELETE FROM role_change WHERE changed_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        // Sign-in throttle windows last minutes; `before` is far past them.
+        sqlx::query("DELETE FROM login_failure WHERE window_start < $1")
             .bind(before)
             .execute(&mut *tx)
             .await?;

@@ -52,6 +52,16 @@ fn with_violations(code: Code, violations: Vec<FieldViolation>) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// RESOURCE_EXHAUSTED that says when to try again (`google.rpc.RetryInfo`), which
+/// the gateway answers as 429 with `Retry-After`.
+pub fn exhausted(message: &str, retry_after: std::time::Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
 /// Conduit-style paging: `limit` 1..=100 (20 when unset), `offset` ≥ 0; both
 /// problems reported at once as field violations.
 pub fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
