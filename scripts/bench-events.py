@@ -263,8 +263,10 @@ class Bench:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
         data_dir = os.path.join(self.work, "data")
-        http_port, grpc_port = free_port(), free_port()
+        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        self.metrics_port = metrics_port
         env.update({
+            "AGORA_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             "AGORA_DATA_DIR": data_dir,
             "AGORA_HTTP_ADDR": f"127.0.0.1:{http_port}",
             "AGORA_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
@@ -398,7 +400,7 @@ class Bench:
 
     def metrics(self) -> dict[tuple[str, str], float]:
         """The event counters and histogram sums of GET /metrics, by (name, label value)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = http.client.HTTPConnection(self.host, self.metrics_port, timeout=30)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()

@@ -293,7 +293,7 @@ def coldstart(binary, runs):
         http_port, grpc_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items()
                if not (k.startswith("AGORA_") and (k.endswith("_URL") or k == "AGORA_AUTH_KEYS_DIR"))}
-        env.update(AGORA_DATA_DIR=data, AGORA_HTTP_ADDR=f"127.0.0.1:{http_port}",
+        env.update(AGORA_DATA_DIR=data, AGORA_HTTP_ADDR=f"127.0.0.1:{http_port}", AGORA_METRICS_ADDR="off",
                    AGORA_GRPC_ADDR=f"127.0.0.1:{grpc_port}", AGORA_LOG_FORMAT="json", RUST_LOG="warn")
         log = open(data + ".log", "w")
         started = time.monotonic()

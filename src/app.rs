@@ -268,7 +268,10 @@ pub async fn start(
             .await?;
             bus.start_consumer(parts.consumer(), shutdown.clone())
                 .await?;
-            server = server.register(NotificationServiceServer::new(parts.api), db);
+            server = server.register(
+                agora_kit::message_limits!(NotificationServiceServer::new(parts.api)),
+                db,
+            );
         }
         if target.runs(ServiceName::User) {
             let db = open_db(&config, ServiceName::User).await?;
@@ -287,8 +290,14 @@ pub async fn start(
                 config.admin_email.clone(),
             );
             server = server
-                .register(UserServiceServer::new(public), db.clone())
-                .register(UserInternalServiceServer::new(internal), db);
+                .register(
+                    agora_kit::message_limits!(UserServiceServer::new(public)),
+                    db.clone(),
+                )
+                .register(
+                    agora_kit::message_limits!(UserInternalServiceServer::new(internal)),
+                    db,
+                );
         }
         if target.runs(ServiceName::Auth) {
             let db = open_db(&config, ServiceName::Auth).await?;
@@ -352,8 +361,14 @@ pub async fn start(
                 local_verifier,
             );
             server = server
-                .register(AuthServiceServer::new(api), db.clone())
-                .register(AuthInternalServiceServer::new(internal), db);
+                .register(
+                    agora_kit::message_limits!(AuthServiceServer::new(api)),
+                    db.clone(),
+                )
+                .register(
+                    agora_kit::message_limits!(AuthInternalServiceServer::new(internal)),
+                    db,
+                );
         }
         if target.runs(ServiceName::Post) {
             let db = open_db(&config, ServiceName::Post).await?;
@@ -380,7 +395,7 @@ pub async fn start(
                 bus.live(),
                 shutdown.clone(),
             );
-            server = server.register(PostServiceServer::new(api), db);
+            server = server.register(agora_kit::message_limits!(PostServiceServer::new(api)), db);
         }
         // The serving task owns the in-process stack: it goes when serving stops.
         let stack = Arc::new(server.in_process());
@@ -407,13 +422,13 @@ pub async fn start(
         });
     }
 
-    // The gateway serves `/metrics` for its process; a target without it may
-    // serve them on a port of their own.
-    if let Some(addr) = config.metrics_addr.filter(|_| !target.runs_gateway()) {
+    // Metrics on a port of their own, for every target: what they reveal (routes,
+    // rates, error counts) is for the operator, not for the public port.
+    if let Some(addr) = config.metrics_addr {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding metrics on {addr}: {e}"))?;
-        let handle = agora_kit::metrics::install();
+        let handle = agora_gateway::metrics::install();
         let router = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
@@ -449,6 +464,7 @@ pub async fn start(
             rate_limit_per_second: config.rate_limit_per_second,
             auth_rate_limit_per_minute: config.auth_rate_limit_per_minute,
             trusted_proxies: config.trusted_proxies.clone(),
+            ..agora_gateway::GatewayConfig::default()
         };
         tracing::info!(addr = %listener.local_addr()?, "HTTP gateway serving");
         let token = shutdown.clone();

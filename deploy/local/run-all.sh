@@ -130,11 +130,15 @@ start() {
   echo "run-all: started $target (pid $!)"
 }
 
+# Each process serves /metrics on a port of its own: 9465 and up.
+metrics_port=9465
 for t in user auth post notification; do
-  start "$t" AGORA_GRPC_ADDR="127.0.0.1:${grpc_port[$t]}"
+  start "$t" AGORA_GRPC_ADDR="127.0.0.1:${grpc_port[$t]}" AGORA_METRICS_ADDR="127.0.0.1:$metrics_port"
+  metrics_port=$((metrics_port + 1))
 done
 # The gateway binds only HTTP; its gRPC address is set apart in case it binds one too.
-start gateway AGORA_HTTP_ADDR="$http_addr" AGORA_GRPC_ADDR=127.0.0.1:50065
+start gateway AGORA_HTTP_ADDR="$http_addr" AGORA_GRPC_ADDR=127.0.0.1:50065 \
+  AGORA_METRICS_ADDR="127.0.0.1:$metrics_port"
 
 ready=""
 for _ in $(seq 1 90); do

@@ -12,7 +12,7 @@
 //! generic handler and SSE), [`proxy`] (gRPC and gRPC-web pass-through),
 //! [`error`] (every failure -> one response), [`edge`] (the tower stack),
 //! [`forwarded`] (the client address behind trusted proxies), [`metrics`]
-//! (HTTP RED metrics and `/metrics`), [`health`], [`openapi`], [`server`] (the
+//! (HTTP RED metrics, and the `/metrics` text the metrics port serves), [`health`], [`openapi`], [`server`] (the
 //! listener loop).
 
 pub mod codec;
@@ -40,7 +40,6 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 
-use agora_kit::metrics::PrometheusHandle;
 use agora_kit::net::IpRange;
 
 use crate::contract::Contract;
@@ -76,6 +75,9 @@ pub struct GatewayConfig {
     /// client for rate limits and `x-real-ip`. Default empty: the TCP peer is the
     /// client.
     pub trusted_proxies: Vec<IpRange>,
+    /// How long an HTTP/1 client may take to send its request headers before the
+    /// connection is closed (slow-header attacks). Default 10 s.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +90,7 @@ impl Default for GatewayConfig {
             rate_limit_per_second: 50,
             auth_rate_limit_per_minute: 30,
             trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -99,13 +102,14 @@ struct App {
     proxy: GrpcProxy,
     openapi: Arc<serde_json::Value>,
     required_packages: Arc<BTreeSet<String>>,
-    metrics: PrometheusHandle,
 }
 
 /// The whole gateway as an axum router (edge layers included), ready to serve or to
 /// drive with `oneshot` in tests. Peer addresses come from a
 /// `ConnectInfo<SocketAddr>` request extension, which [`serve`] sets.
 pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
+    // The recorder is process-wide; its text is served on the metrics port.
+    metrics::install();
     let contract = Contract::agora()?;
     let routes = RouteTable::build(&contract)?;
     let upstreams = Upstreams::new(config.upstreams);
@@ -113,7 +117,6 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         proxy: GrpcProxy::new(&contract, routes.exposed_services(), upstreams.clone()),
         openapi: Arc::new(openapi::document(&contract, &routes)),
         required_packages: Arc::new(routes.packages()),
-        metrics: metrics::install(),
         rest: Arc::new(Rest {
             routes,
             upstreams,
@@ -141,7 +144,6 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
             "/openapi.json",
             get(openapi_json).fallback(method_not_allowed),
         )
-        .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .fallback(dispatch)
         .with_state(app);
     Ok(edge::wrap(routes, &edge))
@@ -178,10 +180,6 @@ async fn openapi_json(State(app): State<App>) -> Response {
         http::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-async fn metrics_text(State(app): State<App>) -> Response {
-    metrics::exposition(&app.metrics)
 }
 
 async fn method_not_allowed() -> Response {

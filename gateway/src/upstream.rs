@@ -115,7 +115,7 @@ pub async fn call_unary(
     let mut request = request(message, metadata);
     request.set_timeout(timeout);
     let started = std::time::Instant::now();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = agora_kit::message_limits!(tonic::client::Grpc::new(channel));
     grpc.ready().await.map_err(unavailable)?;
     grpc.unary(request, path_of(method)?, RawCodec)
         .await
@@ -139,7 +139,7 @@ pub async fn call_server_streaming(
     metadata: MetadataMap,
 ) -> Result<Streaming<DynamicMessage>, GatewayError> {
     let request = request(message, metadata);
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = agora_kit::message_limits!(tonic::client::Grpc::new(channel));
     grpc.ready().await.map_err(unavailable)?;
     grpc.server_streaming(
         request,

@@ -61,9 +61,11 @@ async fn requests_are_counted_by_route_template_and_status() {
 
     app.get("/api/profiles/nobody").await;
     app.get("/no/such/route").await;
-    let metrics = app.get("/metrics").await;
+    let metrics = agora_gateway::metrics::exposition(&agora_gateway::metrics::install());
 
     assert_eq!(metrics.status(), StatusCode::OK);
+    // Never on the public port.
+    assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
     assert!(
         metrics.headers()["content-type"]
             .to_str()
@@ -93,7 +95,8 @@ async fn fixed_routes_and_grpc_methods_are_labelled_by_name() {
         }),
     );
     body_bytes(app.send(call).await).await;
-    let text = String::from_utf8(body_bytes(app.get("/metrics").await).await.to_vec()).unwrap();
+    let metrics = agora_gateway::metrics::exposition(&agora_gateway::metrics::install());
+    let text = String::from_utf8(body_bytes(metrics).await.to_vec()).unwrap();
 
     for series in [
         r#"agora_http_requests_total{method="GET",route="/healthz",status="200"}"#,
@@ -607,4 +610,34 @@ async fn serve_speaks_http1_and_plain_grpc_on_one_port() {
         .expect("shutdown drains")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = agora_gateway::GatewayConfig {
+        header_read_timeout: Duration::from_millis(200),
+        ..agora_gateway::GatewayConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(agora_gateway::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: agora\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+
+    assert!(
+        closed.is_ok(),
+        "the connection stays open for a client that never finishes its headers"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -392,6 +392,7 @@ async fn bad_paging_and_bad_articles_are_422(app: TestApp) {
 
     let limit = app.get("/api/articles?limit=1000", None).await;
     let offset = app.get("/api/articles?offset=-1", None).await;
+    let deep = app.get("/api/articles?offset=10001", None).await;
     let blank = app
         .post(
             "/api/articles",
@@ -409,6 +410,8 @@ async fn bad_paging_and_bad_articles_are_422(app: TestApp) {
 
     assert_eq!(limit.status, 422);
     assert_eq!(offset.status, 422);
+    assert_eq!(deep.status, 422, "{:?}", deep.body);
+    assert!(deep.body["errors"]["offset"].is_array(), "{:?}", deep.body);
     assert_eq!(blank.status, 422);
     for field in ["title", "description", "body"] {
         assert!(

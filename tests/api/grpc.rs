@@ -136,3 +136,23 @@ async fn internal_services_are_not_reachable_through_the_gateway() {
         answer.status
     );
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_before_it_is_decoded() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut auth = AuthServiceClient::connect(app.grpc_url()).await.unwrap();
+
+    let huge = "a".repeat(agora_kit::server::MAX_MESSAGE_BYTES + 1);
+    let refused = auth
+        .register(RegisterRequest {
+            user: Some(NewUser {
+                username: huge,
+                email: "big@agora.test".into(),
+                password: "password123".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+}

@@ -63,6 +63,7 @@ impl TestApp {
             ("AGORA_DATA_DIR", data_dir.display().to_string()),
             ("AGORA_HTTP_ADDR", "127.0.0.1:0".into()),
             ("AGORA_GRPC_ADDR", "127.0.0.1:0".into()),
+            ("AGORA_METRICS_ADDR", "127.0.0.1:0".into()),
             ("AGORA_RATE_LIMIT_PER_SECOND", "10000".into()),
             ("AGORA_AUTH_RATE_LIMIT_PER_MINUTE", "10000".into()),
             ("AGORA_ADMIN_EMAIL", "root@agora.test".into()),
@@ -388,6 +389,7 @@ pub async fn spawn_split(namespace: &str) -> TestApp {
         ("AGORA_AMQP_URL", amqp),
         ("AGORA_AMQP_NAMESPACE", namespace.to_owned()),
         ("AGORA_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("AGORA_METRICS_ADDR", "127.0.0.1:0".into()),
         ("AGORA_RATE_LIMIT_PER_SECOND", "10000".into()),
         ("AGORA_AUTH_RATE_LIMIT_PER_MINUTE", "10000".into()),
     ]

@@ -43,7 +43,9 @@ impl AuthApi {
             keys,
             minter,
             limits,
-            users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
+            users: agora_kit::message_limits!(UserInternalServiceClient::new(
+                agora_kit::upstream::TracedChannel::new(users)
+            )),
             verifier,
         }
     }

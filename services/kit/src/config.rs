@@ -136,7 +136,8 @@ pub enum DatabaseTarget {
 pub struct Config {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    /// Where a target without the gateway serves `/metrics`; unset: nowhere.
+    /// Where every target serves Prometheus `/metrics` (default 127.0.0.1:9464;
+    /// `off`: nowhere). Never on the public HTTP port.
     pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub databases: HashMap<ServiceName, DatabaseTarget>,
@@ -188,8 +189,17 @@ impl Config {
         let mut errors = Vec::new();
         let http_addr = socket_addr(HTTP_ADDR, get(HTTP_ADDR), "127.0.0.1:8080", &mut errors);
         let grpc_addr = socket_addr(GRPC_ADDR, get(GRPC_ADDR), "127.0.0.1:50051", &mut errors);
-        let metrics_addr = get(METRICS_ADDR)
-            .map(|raw| socket_addr(METRICS_ADDR, Some(raw), "127.0.0.1:9090", &mut errors));
+        // On by default, on an address of its own: the public port never serves them.
+        let metrics_addr = match get(METRICS_ADDR).as_deref() {
+            Some("off") => None,
+            raw => Some(socket_addr(
+                METRICS_ADDR,
+                raw.map(str::to_owned),
+                // Not 9090: Prometheus itself listens there on a developer's machine.
+                "127.0.0.1:9464",
+                &mut errors,
+            )),
+        };
         let data_dir = PathBuf::from(get(DATA_DIR).unwrap_or_else(|| "./data".into()));
 
         // A bad shared URL is one problem, not one per service.
@@ -214,10 +224,19 @@ impl Config {
         for service in ServiceName::ALL {
             let var = service.grpc_url_var();
             if let Some(url) = get(&var) {
-                if url.starts_with("http://") || url.starts_with("https://") {
+                if url.starts_with("http://") {
                     grpc_urls.insert(service, url);
+                } else if url.starts_with("https://") {
+                    // tonic is built without TLS here: an https:// URL would be
+                    // dialled in plaintext. Refuse it rather than downgrade silently;
+                    // encrypt service traffic with the mesh (mTLS sidecars) instead.
+                    errors.push(format!(
+                        "{var}: `{url}`: https:// is not supported between services \
+                         (agora would connect in plaintext); use http:// inside a mesh \
+                         that encrypts pod traffic"
+                    ));
                 } else {
-                    errors.push(format!("{var}: `{url}` is not an http:// or https:// URL"));
+                    errors.push(format!("{var}: `{url}` is not an http:// URL"));
                 }
             }
         }
@@ -483,6 +502,17 @@ mod tests {
         assert_eq!(errors.0.len(), 8, "{errors}");
         assert!(errors.to_string().contains("`ingress.local`"), "{errors}");
         assert!(!errors.to_string().contains("secret"), "{errors}");
+    }
+
+    #[test]
+    fn https_service_urls_are_refused_rather_than_dialled_in_plaintext() {
+        let errors = from(&[("AGORA_AUTH_GRPC_URL", "https://agora-auth:50051")]).unwrap_err();
+        assert!(errors.to_string().contains("plaintext"), "{errors}");
+        let config = from(&[("AGORA_AUTH_GRPC_URL", "http://agora-auth:50051")]).unwrap();
+        assert_eq!(
+            config.grpc_urls[&ServiceName::Auth],
+            "http://agora-auth:50051"
+        );
     }
 
     #[test]

@@ -315,11 +315,12 @@ pub async fn follow(
 
 async fn load(revocations: &Revocations, auth: &crate::upstream::Upstream) -> Result<(), Status> {
     use auth_pb::auth_internal_service_client::AuthInternalServiceClient;
-    let snapshot =
-        AuthInternalServiceClient::new(crate::upstream::TracedChannel::new(auth.clone()))
-            .list_revocations(auth_pb::ListRevocationsRequest {})
-            .await?
-            .into_inner();
+    let snapshot = crate::message_limits!(AuthInternalServiceClient::new(
+        crate::upstream::TracedChannel::new(auth.clone())
+    ))
+    .list_revocations(auth_pb::ListRevocationsRequest {})
+    .await?
+    .into_inner();
     revocations.apply_snapshot(&snapshot);
     Ok(())
 }

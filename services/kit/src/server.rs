@@ -44,6 +44,21 @@ pub struct GrpcServer {
 }
 
 /// How often a service's database is probed for readiness.
+/// The largest gRPC message any agora server or client sends or accepts. Set
+/// explicitly on every generated server and client (`message_limits!`), so the
+/// bound is a decision here rather than each library's default.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Applies [`MAX_MESSAGE_BYTES`] both ways to a generated tonic server or client.
+#[macro_export]
+macro_rules! message_limits {
+    ($grpc:expr) => {
+        $grpc
+            .max_decoding_message_size($crate::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::server::MAX_MESSAGE_BYTES)
+    };
+}
+
 const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for GrpcServer {

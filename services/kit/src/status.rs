@@ -62,8 +62,12 @@ pub fn exhausted(message: &str, retry_after: std::time::Duration) -> Status {
     )
 }
 
-/// Conduit-style paging: `limit` 1..=100 (20 when unset), `offset` ≥ 0; both
-/// problems reported at once as field violations.
+/// The deepest page an offset may reach. Every skipped row is read and thrown
+/// away, so an unbounded offset lets one request scan a whole table.
+pub const MAX_OFFSET: i32 = 10_000;
+
+/// Conduit-style paging: `limit` 1..=100 (20 when unset), `offset` 0..=10 000;
+/// both problems reported at once as field violations.
 pub fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
     let mut violations = Vec::new();
     let limit = match limit {
@@ -76,6 +80,11 @@ pub fn page(limit: i32, offset: i32) -> Result<(i64, i64), Status> {
     };
     if offset < 0 {
         violations.push(FieldViolation::new("offset", "must not be negative"));
+    } else if offset > MAX_OFFSET {
+        violations.push(FieldViolation::new(
+            "offset",
+            format!("must be at most {MAX_OFFSET}"),
+        ));
     }
     if !violations.is_empty() {
         return Err(invalid(violations));
@@ -138,6 +147,8 @@ mod tests {
         let err = page(101, -1).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("limit") && err.message().contains("offset"));
+        assert_eq!(page(20, MAX_OFFSET).unwrap(), (20, 10_000));
+        assert!(page(20, MAX_OFFSET + 1).is_err());
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl JwksSource for GrpcJwks {
             use agora_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
             // Traced: a fetch caused by a request belongs to that request's trace.
             let channel = crate::upstream::TracedChannel::new(self.channel.clone());
-            let response = AuthServiceClient::new(channel)
+            let response = crate::message_limits!(AuthServiceClient::new(channel))
                 .get_jwks(GetJwksRequest {})
                 .await?
                 .into_inner();

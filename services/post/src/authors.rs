@@ -125,7 +125,9 @@ impl Authors {
     pub fn new(db: Db, users: agora_kit::upstream::Upstream) -> Self {
         Self {
             db,
-            users: UserInternalServiceClient::new(agora_kit::upstream::TracedChannel::new(users)),
+            users: agora_kit::message_limits!(UserInternalServiceClient::new(
+                agora_kit::upstream::TracedChannel::new(users)
+            )),
             known: Versioned::new(100_000, FACT_TTL),
             following: Versioned::new(50_000, FACT_TTL),
         }
