@@ -9,6 +9,7 @@ crate::on_both_backends!(
     the_bootstrap_admin_pages_through_accounts,
     an_admin_changes_a_role_and_it_reaches_every_token,
     an_admin_deletes_an_account_and_its_sessions_die,
+    the_bootstrap_address_makes_an_admin_only_while_there_is_none,
 );
 
 async fn admin_routes_are_forbidden_to_users_and_closed_to_anonymous(app: TestApp) {
@@ -115,4 +116,30 @@ async fn an_admin_deletes_an_account_and_its_sessions_die(app: TestApp) {
             .status,
         422
     );
+}
+
+async fn the_bootstrap_address_makes_an_admin_only_while_there_is_none(app: TestApp) {
+    let root = app.register("root", "root@agora.test", "password123").await;
+    assert_eq!(root.status, 201, "{:?}", root.body);
+    let bob = app.signed_up("bob").await;
+    let bob_admin = app.with_role(&bob, "bob", "ROLE_ADMIN").await;
+    let gone = app.delete("/api/admin/users/root", Some(&bob_admin)).await;
+    assert_eq!(gone.status, 204, "{:?}", gone.body);
+
+    let again = app
+        .register("root2", "root@agora.test", "password123")
+        .await;
+
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    let token = again.body["user"]["token"].as_str().unwrap();
+    assert_eq!(app.get("/api/admin/users", Some(token)).await.status, 403);
+    let listed = app.get("/api/admin/users", Some(&bob_admin)).await;
+    let root2 = listed.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "root2")
+        .unwrap()
+        .clone();
+    assert_eq!(root2["role"], "ROLE_USER");
 }

@@ -315,6 +315,15 @@ impl TestApp {
         )
         .await
     }
+
+    pub async fn logout(&self, refresh_token: &str) -> Answer {
+        self.post(
+            "/api/auth/logout",
+            None,
+            json!({"refreshToken": refresh_token}),
+        )
+        .await
+    }
 }
 
 impl Drop for TestApp {

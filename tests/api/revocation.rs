@@ -94,13 +94,7 @@ async fn logout_is_felt_everywhere(app: &TestApp) {
     assert!(rest_accepts(app, &alice.token).await);
     assert!(grpc_accepts(app, &alice.token).await);
 
-    let out = app
-        .post(
-            "/api/auth/logout",
-            None,
-            json!({"refreshToken": alice.refresh}),
-        )
-        .await;
+    let out = app.logout(&alice.refresh).await;
     assert_eq!(out.status, 204, "{:?}", out.body);
 
     let closed = tokio::spawn(async move {
@@ -198,13 +192,7 @@ async fn a_deleted_accounts_tokens_are_refused(app: TestApp) {
 
 async fn a_restarted_replica_still_refuses_a_revoked_token(app: TestApp) {
     let alice = app.signed_up("alice").await;
-    let out = app
-        .post(
-            "/api/auth/logout",
-            None,
-            json!({"refreshToken": alice.refresh}),
-        )
-        .await;
+    let out = app.logout(&alice.refresh).await;
     assert_eq!(out.status, 204, "{:?}", out.body);
 
     let app = app.restart().await;

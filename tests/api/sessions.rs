@@ -75,13 +75,7 @@ async fn two_tabs_refreshing_at_once_both_stay_signed_in(app: TestApp) {
 async fn logout_ends_the_session(app: TestApp) {
     let alice = app.signed_up("alice").await;
 
-    let out = app
-        .post(
-            "/api/auth/logout",
-            None,
-            json!({"refreshToken": alice.refresh}),
-        )
-        .await;
+    let out = app.logout(&alice.refresh).await;
 
     assert_eq!(out.status, 204, "{:?}", out.body);
     assert!(out.raw.is_empty());

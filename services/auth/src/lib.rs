@@ -69,3 +69,14 @@ pub async fn open_db(target: &agora_kit::config::DatabaseTarget) -> anyhow::Resu
     db.migrate(&MIGRATIONS).await?;
     Ok(db)
 }
+
+/// A migrated auth database in a fresh SQLite file, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_db() -> Db {
+    let path = std::env::temp_dir()
+        .join(format!("agora-auth-{}", uuid::Uuid::now_v7()))
+        .join("auth.db");
+    open_db(&agora_kit::config::DatabaseTarget::Sqlite(path))
+        .await
+        .expect("a test database")
+}

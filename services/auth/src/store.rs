@@ -565,12 +565,7 @@ mod tests {
     const SECOND: i64 = 1_000_000;
 
     async fn store() -> Store {
-        let path = std::env::temp_dir()
-            .join(format!("agora-auth-{}", uuid::Uuid::now_v7()))
-            .join("auth.db");
-        let target = agora_kit::config::DatabaseTarget::Sqlite(path);
-        let db = crate::open_db(&target).await.unwrap();
-        Store::new(db, Wake::default())
+        Store::new(crate::test_db().await, Wake::default())
     }
 
     const LIMITS: SessionLimits = SessionLimits {

@@ -131,14 +131,7 @@ mod tests {
     use super::*;
     use tonic_types::StatusExt as _;
 
-    async fn db() -> Db {
-        let path = std::env::temp_dir()
-            .join(format!("agora-auth-{}", uuid::Uuid::now_v7()))
-            .join("auth.db");
-        crate::open_db(&agora_kit::config::DatabaseTarget::Sqlite(path))
-            .await
-            .unwrap()
-    }
+    use crate::test_db as db;
 
     #[tokio::test]
     async fn an_account_is_locked_after_its_budget_of_failures_and_says_for_how_long() {

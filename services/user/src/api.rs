@@ -349,6 +349,35 @@ impl UserService for UserApi {
     }
 }
 
+impl UserInternalApi {
+    /// After a successful sign-in, replaces a hash made with older argon2
+    /// parameters: the password is at hand only now. A failure changes nothing
+    /// for this sign-in; the next one tries again.
+    async fn upgrade_hash(&self, row: &AccountRow, password: &str) {
+        if !crate::password::needs_rehash(&row.password_hash) {
+            return;
+        }
+        // A password from before today's rules cannot be re-parsed; it keeps its hash.
+        let Ok(password) = Password::parse(password) else {
+            return;
+        };
+        let upgraded = match self.core.hasher.hash(&password).await {
+            Ok(hash) => self
+                .core
+                .store
+                .upgrade_hash(&row.id, &row.password_hash, &hash)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(err),
+        };
+        match upgraded {
+            Ok(true) => tracing::info!(user_id = %row.id, "password hash upgraded"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(user_id = %row.id, error = %err, "upgrading a hash failed"),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl UserInternalService for UserInternalApi {
     #[tracing::instrument(skip_all)]
@@ -393,11 +422,12 @@ impl UserInternalService for UserInternalApi {
             .hash(&password)
             .await
             .map_err(status::internal)?;
-        let role = if self.core.admin_email.as_deref() == Some(email.as_str()) {
-            Role::Admin
-        } else {
-            Role::User
-        };
+        // The bootstrap grant: only while nobody is an admin, so the address
+        // cannot be registered again later (after its account was deleted) to
+        // take admin rights. Afterwards admins grant roles.
+        let bootstrap = self.core.admin_email.as_deref() == Some(email.as_str())
+            && !self.core.store.has_admin().await.map_err(status::db)?;
+        let role = if bootstrap { Role::Admin } else { Role::User };
         let row = self
             .core
             .store
@@ -448,9 +478,12 @@ impl UserInternalService for UserInternalApi {
             .await
             .map_err(status::internal)?;
         match row {
-            Some(row) if ok => Ok(Response::new(pb::VerifyCredentialsResponse {
-                user: Some(to_account(row)),
-            })),
+            Some(row) if ok => {
+                self.upgrade_hash(&row, &req.password).await;
+                Ok(Response::new(pb::VerifyCredentialsResponse {
+                    user: Some(to_account(row)),
+                }))
+            }
             _ => Err(Status::unauthenticated("email or password is invalid")),
         }
     }

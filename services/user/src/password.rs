@@ -143,6 +143,22 @@ fn hash_with(password: &[u8], memory: &mut Vec<Block>) -> anyhow::Result<String>
     Ok(phc.to_string())
 }
 
+/// Whether `stored` was made with other than agora's current algorithm, version or
+/// parameters, so the next successful sign-in should store a new hash.
+pub fn needs_rehash(stored: &str) -> bool {
+    let Ok(phc) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let current = params();
+    let same = phc.algorithm.as_str() == Algorithm::Argon2id.as_ref()
+        && phc.version == Some(Version::V0x13.into())
+        && Params::try_from(&phc).is_ok_and(|p| {
+            (p.m_cost(), p.t_cost(), p.p_cost())
+                == (current.m_cost(), current.t_cost(), current.p_cost())
+        });
+    !same
+}
+
 /// Recomputes `stored`'s hash with its own algorithm, version, parameters and
 /// salt; the comparison of outputs is constant-time (`Output`'s equality).
 fn verify_with(password: &[u8], stored: &str, memory: &mut Vec<Block>) -> bool {
@@ -196,6 +212,26 @@ mod tests {
                 .unwrap()
         );
         assert!(!hasher.verify("wrong horse", Some(hash)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn only_hashes_made_with_other_parameters_need_a_new_hash() {
+        let current = Hasher::new(1)
+            .hash(&Password::parse("correct horse").unwrap())
+            .await
+            .unwrap();
+        let older = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse")
+        .unwrap()
+        .to_string();
+
+        assert!(!needs_rehash(&current));
+        assert!(needs_rehash(&older));
+        assert!(!needs_rehash("not a hash"));
     }
 
     #[tokio::test]

@@ -161,6 +161,34 @@ impl Store {
         self.find("email", email).await
     }
 
+    /// Replaces a password hash made with older parameters by one made with the
+    /// current ones, unless the password changed meanwhile; whether it did.
+    pub async fn upgrade_hash(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE account SET password_hash = $1 WHERE id = $2 AND password_hash = $3",
+        )
+        .bind(new_hash)
+        .bind(id)
+        .bind(old_hash)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether any account is an admin (the bootstrap grant happens only before).
+    pub async fn has_admin(&self) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("SELECT 1 FROM account WHERE role = $1 LIMIT 1")
+            .bind(Role::Admin.as_str())
+            .fetch_optional(self.db.pool())
+            .await?
+            .is_some())
+    }
+
     pub async fn find_by_username(
         &self,
         username: &str,
