@@ -3,7 +3,9 @@
 //! Tokens are EdDSA-signed JWTs from the auth service. Public keys come as a JWKS
 //! from a [`JwksSource`] (the auth service over gRPC, or its own key ring inside
 //! the auth service), are cached, and are fetched again when a token names a `kid`
-//! the cache does not hold — that is how a key rotation reaches every replica.
+//! the cache does not hold — that is how a new key reaches every replica — or when
+//! the cache is older than [`JWKS_TTL`], which is how a retired or removed key
+//! stops verifying everywhere without a restart.
 //!
 //! A token that verified is remembered for a minute (never past its expiry), so a
 //! client's requests after the first skip the signature check: an Ed25519
@@ -17,11 +19,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::revocation::Revocations;
@@ -157,6 +160,25 @@ impl JwksSource for GrpcJwks {
 /// `kid`s must not turn into a flood of JWKS calls.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long fetched keys are trusted before the JWKS is asked again.
+pub const JWKS_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// The verification keys of the last JWKS fetch.
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+}
+
+impl Keys {
+    /// The key for `kid`, if the keys are younger than [`JWKS_TTL`].
+    fn fresh(&self, kid: &str) -> Option<DecodingKey> {
+        self.fetched_at
+            .filter(|at| at.elapsed() < JWKS_TTL)
+            .and_then(|_| self.by_kid.get(kid).cloned())
+    }
+}
+
 /// Verifies access tokens; cheap to clone.
 #[derive(Clone)]
 pub struct TokenVerifier {
@@ -165,7 +187,7 @@ pub struct TokenVerifier {
 
 struct Inner {
     source: Box<dyn JwksSource>,
-    keys: RwLock<HashMap<String, DecodingKey>>,
+    keys: RwLock<Keys>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
     /// Tokens that verified, with their claims; see [`VERIFIED_TTL`].
@@ -195,10 +217,11 @@ impl TokenVerifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY.as_secs();
+        validation.validate_nbf = true;
         Self {
             inner: Arc::new(Inner {
                 source: Box::new(source),
-                keys: RwLock::new(HashMap::new()),
+                keys: RwLock::new(Keys::default()),
                 last_fetch: Mutex::new(None),
                 validation,
                 verified: moka::future::Cache::builder()
@@ -270,6 +293,11 @@ impl TokenVerifier {
                     _ => Status::unauthenticated("invalid token"),
                 }
             })?;
+        // jsonwebtoken does not look at `iat`: a token from the future is forged
+        // or from a signer whose clock is wrong, either way not to be trusted.
+        if data.claims.iat > unix_now() + self.leeway() {
+            return Err(Status::unauthenticated("invalid token"));
+        }
         Ok(data.claims)
     }
 
@@ -293,33 +321,43 @@ impl TokenVerifier {
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, Status> {
-        if let Some(key) = self.inner.keys.read().await.get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.inner.keys.read().await.fresh(kid) {
+            return Ok(key);
         }
         let mut last = self.inner.last_fetch.lock().await;
         // Another request may have fetched while this one waited for the lock.
-        if let Some(key) = self.inner.keys.read().await.get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.inner.keys.read().await.fresh(kid) {
+            return Ok(key);
         }
+        // What the last fetch said, however old: used only when asking again is
+        // not allowed yet or fails, so an unreachable auth service does not stop
+        // every replica from verifying.
+        let known = self.inner.keys.read().await.by_kid.get(kid).cloned();
         if last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Err(Status::unauthenticated("invalid token"));
+            return known.ok_or_else(|| Status::unauthenticated("invalid token"));
         }
         *last = Some(Instant::now());
-        let fetched = self.inner.source.fetch().await.map_err(|err| {
-            tracing::warn!(error = format!("{err:#}"), "fetching signing keys failed");
-            Status::unavailable("cannot verify tokens right now")
-        })?;
-        let mut keys = HashMap::new();
+        let fetched = match self.inner.source.fetch().await {
+            Ok(fetched) => fetched,
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "fetching signing keys failed");
+                return known.ok_or_else(|| Status::unavailable("cannot verify tokens right now"));
+            }
+        };
+        let mut by_kid = HashMap::new();
         for k in fetched {
             match DecodingKey::from_ed_components(&k.x) {
                 Ok(key) => {
-                    keys.insert(k.kid, key);
+                    by_kid.insert(k.kid, key);
                 }
                 Err(err) => tracing::warn!(kid = %k.kid, %err, "skipping unusable public key"),
             }
         }
-        let found = keys.get(kid).cloned();
-        *self.inner.keys.write().await = keys;
+        let found = by_kid.get(kid).cloned();
+        *self.inner.keys.write().await = Keys {
+            by_kid,
+            fetched_at: Some(Instant::now()),
+        };
         found.ok_or_else(|| Status::unauthenticated("invalid token"))
     }
 }
@@ -381,21 +419,21 @@ mod tests {
         }
     }
 
-    struct OneKey(String);
+    /// The JWKS the tests publish; they may change it.
+    #[derive(Clone, Default)]
+    struct Published(Arc<std::sync::Mutex<Vec<PublicKey>>>);
 
-    impl JwksSource for OneKey {
+    impl JwksSource for Published {
         fn fetch(
             &self,
         ) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<PublicKey>>> + Send + '_>> {
-            let key = PublicKey {
-                kid: "k1".into(),
-                x: self.0.clone(),
-            };
-            Box::pin(async move { Ok(vec![key]) })
+            let keys = self.0.lock().unwrap().clone();
+            Box::pin(async move { Ok(keys) })
         }
     }
 
-    fn signed(exp_in: i64) -> (TokenVerifier, String) {
+    /// A verifier trusting key `k1`, what it fetches from, and a way to sign.
+    fn setup() -> (TokenVerifier, Published, jsonwebtoken::EncodingKey) {
         use base64::Engine as _;
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
         let signing = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
@@ -405,25 +443,63 @@ mod tests {
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .unwrap();
         let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        let published = Published::default();
+        published.0.lock().unwrap().push(PublicKey {
+            kid: "k1".into(),
+            x,
+        });
+        let revocations = Revocations::new(Duration::from_secs(600));
+        revocations.apply_snapshot(&Default::default());
+        let verifier = TokenVerifier::new(published.clone(), "agora", "agora", revocations);
+        (verifier, published, key)
+    }
+
+    /// A token signed with `key` as `k1`, its claims adjusted.
+    fn token(key: &jsonwebtoken::EncodingKey, adjust: impl FnOnce(&mut Claims)) -> String {
         let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
         header.kid = Some("k1".into());
         let now = unix_now();
-        let claims = Claims {
+        let mut claims = Claims {
             sub: "u1".into(),
             sid: "s1".into(),
             role: Role::User,
             iss: "agora".into(),
             aud: "agora".into(),
             iat: now,
-            exp: now + exp_in,
+            exp: now + 600,
         };
-        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-        let revocations = Revocations::new(Duration::from_secs(600));
-        revocations.apply_snapshot(&Default::default());
-        (
-            TokenVerifier::new(OneKey(x), "agora", "agora", revocations),
-            token,
-        )
+        adjust(&mut claims);
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    fn signed(exp_in: i64) -> (TokenVerifier, String) {
+        let (verifier, _, key) = setup();
+        let token = token(&key, |c| c.exp = c.iat + exp_in);
+        (verifier, token)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_removed_from_the_jwks_stops_verifying_once_the_cache_expires() {
+        let (verifier, published, key) = setup();
+        assert!(verifier.verify(&token(&key, |_| {})).await.is_ok());
+
+        published.0.lock().unwrap().clear();
+        let before = verifier.verify(&token(&key, |c| c.sub = "u2".into())).await;
+        tokio::time::advance(JWKS_TTL + Duration::from_secs(1)).await;
+        let after = verifier.verify(&token(&key, |c| c.sub = "u3".into())).await;
+
+        assert!(before.is_ok(), "still within the cache's lifetime");
+        assert_eq!(after.unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn a_token_issued_in_the_future_is_refused() {
+        let (verifier, _, key) = setup();
+        let future = token(&key, |c| {
+            c.iat += 3600;
+            c.exp += 3600;
+        });
+        assert!(verifier.verify(&future).await.is_err());
     }
 
     #[tokio::test]
