@@ -100,7 +100,10 @@ pub async fn migrate(config: &Config, target: Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_db(config: &Config, service: ServiceName) -> anyhow::Result<agora_kit::db::Db> {
+pub(crate) async fn open_db(
+    config: &Config,
+    service: ServiceName,
+) -> anyhow::Result<agora_kit::db::Db> {
     let target = config.database(service);
     let db = match service {
         ServiceName::User => agora_user::open_db(target).await?,
@@ -132,6 +135,38 @@ const LIVE_BINDINGS: [&str; 14] = [
     agora_kit::events::types::USER_UNFOLLOWED,
 ];
 
+/// A durable bus consumer: its queue, the events it binds, how it retries, and
+/// the service whose database it works in. One list for the topology, `agora
+/// events dlq` and the tests' clean-up.
+pub struct ConsumerSpec {
+    pub name: &'static str,
+    pub bindings: fn() -> Vec<&'static str>,
+    pub retry: RetryPolicy,
+    pub service: ServiceName,
+}
+
+/// Every durable consumer.
+pub const CONSUMERS: [ConsumerSpec; 3] = [
+    ConsumerSpec {
+        name: agora_notification::CONSUMER,
+        bindings: agora_notification::bindings,
+        retry: RetryPolicy::DEFAULT,
+        service: ServiceName::Notification,
+    },
+    ConsumerSpec {
+        name: agora_post::events::CONSUMER,
+        bindings: agora_post::events::bindings,
+        retry: RetryPolicy::DEFAULT,
+        service: ServiceName::Post,
+    },
+    ConsumerSpec {
+        name: agora_auth::events::CONSUMER,
+        bindings: agora_auth::events::bindings,
+        retry: RetryPolicy::DEFAULT,
+        service: ServiceName::Auth,
+    },
+];
+
 /// RabbitMQ when configured; otherwise the in-process bus, which only links
 /// services living in this process.
 async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<dyn Bus>> {
@@ -139,23 +174,14 @@ async fn start_bus(config: &Config, shutdown: &CancellationToken) -> anyhow::Res
         Some(url) => {
             // Every process declares every consumer's queues, so an event
             // published before its consumer first ran still waits for it.
-            let topology = vec![
-                QueueSpec {
-                    name: agora_notification::CONSUMER,
-                    bindings: agora_notification::bindings(),
-                    retry: RetryPolicy::default(),
-                },
-                QueueSpec {
-                    name: agora_post::events::CONSUMER,
-                    bindings: agora_post::events::bindings(),
-                    retry: RetryPolicy::default(),
-                },
-                QueueSpec {
-                    name: agora_auth::events::CONSUMER,
-                    bindings: agora_auth::events::bindings(),
-                    retry: RetryPolicy::default(),
-                },
-            ];
+            let topology = CONSUMERS
+                .iter()
+                .map(|c| QueueSpec {
+                    name: c.name,
+                    bindings: (c.bindings)(),
+                    retry: c.retry,
+                })
+                .collect();
             RabbitBus::start(
                 url.clone(),
                 &config.amqp_namespace,

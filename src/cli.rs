@@ -73,10 +73,13 @@ pub enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// The dead-letter queue of the notification consumer.
+    /// The dead-letter queues of the bus consumers.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+        /// One consumer (`notification`, `post`, `auth`); every one when absent.
+        #[arg(long, global = true)]
+        consumer: Option<String>,
     },
 }
 

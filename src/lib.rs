@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod dlq;
 pub mod seed;
 
-pub use app::{RunningApp, Target, start};
+pub use app::{CONSUMERS, ConsumerSpec, RunningApp, Target, start};

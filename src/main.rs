@@ -57,14 +57,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { target } => app::migrate(&config, target).await,
         Command::Events {
-            command: EventsCommand::Dlq { command },
-        } => dead_letters(&config, command).await,
+            command: EventsCommand::Dlq { command, consumer },
+        } => dead_letters(&config, command, consumer.as_deref()).await,
         Command::Admin {
             command: AdminCommand::Grant { email, role },
         } => {
             let role = Role::parse(&role).expect("clap restricts the role");
             let db = agora_user::open_db(config.database(agora_kit::ServiceName::User)).await?;
-            // A role change announces nothing, so no relay needs to run here.
+            // The change's `user.role_changed` waits in the outbox until a running
+            // user service's relay sweeps it (within a second of it running).
             let store = agora_user::store::Store::new(db, Default::default());
             let email = email.trim().to_lowercase();
             match store
@@ -115,63 +116,32 @@ fn load_config() -> Result<(Config, NotificationConfig), ConfigErrors> {
     }
 }
 
-/// Lists or redrives the notification consumer's dead letters, on whichever bus
-/// the configuration names.
-async fn dead_letters(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
-    use std::sync::Arc;
-
-    use agora_kit::events::bus::BoxFuture;
-    use agora_kit::events::{Bus, Consumer, Envelope, HandleError, Handler, RetryPolicy};
-
-    /// Listing and redriving never run the handler.
-    struct Inspecting;
-    impl Handler for Inspecting {
-        fn handle<'a>(&'a self, _: &'a Envelope) -> BoxFuture<'a, Result<(), HandleError>> {
-            Box::pin(async { Err(HandleError::Poison("inspection only".into())) })
-        }
-    }
-
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let db =
-        agora_notification::open_db(config.database(agora_kit::ServiceName::Notification)).await?;
-    let consumer = Consumer {
-        name: agora_notification::CONSUMER,
-        bindings: agora_notification::bindings(),
-        handler: Arc::new(Inspecting),
-        db,
-        retry: RetryPolicy::default(),
-    };
-    let bus: Arc<dyn Bus> = match &config.amqp_url {
-        Some(url) => {
-            agora_kit::events::rabbit::RabbitBus::start(
-                url.clone(),
-                &config.amqp_namespace,
-                vec![],
-                vec![],
-                shutdown.clone(),
-            )
-            .await
-        }
-        None => Arc::new(agora_kit::events::memory::MemoryBus::new(vec![])),
-    };
-    let result = match command {
+/// Lists or redrives dead letters, of one consumer or of all.
+async fn dead_letters(
+    config: &Config,
+    command: DlqCommand,
+    consumer: Option<&str>,
+) -> anyhow::Result<()> {
+    match command {
         DlqCommand::List => {
-            let letters = bus.dead_letters(&consumer).await?;
-            for letter in &letters {
-                println!(
-                    "{}\t{}\tattempts={}\t{}",
-                    letter.envelope.id, letter.envelope.r#type, letter.attempts, letter.last_error
-                );
+            for (name, letters) in agora::dlq::list(config, consumer).await? {
+                for letter in &letters {
+                    println!(
+                        "{name}\t{}\t{}\tattempts={}\t{}",
+                        letter.envelope.id,
+                        letter.envelope.r#type,
+                        letter.attempts,
+                        letter.last_error
+                    );
+                }
+                println!("{name}: {} dead letter(s)", letters.len());
             }
-            println!("{} dead letter(s)", letters.len());
-            Ok(())
         }
         DlqCommand::Redrive => {
-            let moved = bus.redrive(&consumer).await?;
-            println!("{moved} dead letter(s) back in the queue");
-            Ok(())
+            for (name, moved) in agora::dlq::redrive(config, consumer).await? {
+                println!("{name}: {moved} dead letter(s) back in the queue");
+            }
         }
-    };
-    shutdown.cancel();
-    result
+    }
+    Ok(())
 }

@@ -459,11 +459,7 @@ pub async fn remove_namespace(namespace: &str) {
         return;
     };
     let mut queues = Vec::new();
-    for consumer in [
-        agora_notification::CONSUMER,
-        agora_post::events::CONSUMER,
-        agora_auth::events::CONSUMER,
-    ] {
+    for consumer in agora::CONSUMERS.iter().map(|c| c.name) {
         queues.push(format!("{namespace}.{consumer}"));
         queues.push(format!("{namespace}.{consumer}.dead"));
         queues.extend((1..10).map(|n| format!("{namespace}.{consumer}.retry.{n}")));

@@ -4,6 +4,7 @@
 
 mod admin;
 mod articles;
+mod dlq;
 mod grpc;
 mod helpers;
 mod identity;

@@ -46,12 +46,17 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
 }
 
+impl RetryPolicy {
+    /// Five deliveries, 2 s before the second, doubling after.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        attempts: 5,
+        base_delay: Duration::from_secs(2),
+    };
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            attempts: 5,
-            base_delay: Duration::from_secs(2),
-        }
+        Self::DEFAULT
     }
 }
 

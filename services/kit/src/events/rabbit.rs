@@ -648,13 +648,27 @@ impl Bus for RabbitBus {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            let mut moved = 0;
-            while let Some(message) = channel
-                .basic_get(
+            // Only what is dead now: a redriven event that fails again comes back
+            // to this queue while the loop runs, and must wait for the next redrive.
+            let waiting = channel
+                .queue_declare(
                     s(&self.names.dead(consumer.name)),
-                    BasicGetOptions::default(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
                 )
                 .await?
+                .message_count();
+            let mut moved = 0;
+            while moved < u64::from(waiting)
+                && let Some(message) = channel
+                    .basic_get(
+                        s(&self.names.dead(consumer.name)),
+                        BasicGetOptions::default(),
+                    )
+                    .await?
             {
                 let delivery = message.delivery;
                 let confirm = channel
