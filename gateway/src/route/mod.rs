@@ -115,6 +115,13 @@ impl RouteTable {
         Ok(RouteTable { routes })
     }
 
+    /// The routes `keep` selects, in the same order.
+    pub fn only(&self, keep: impl Fn(&Route) -> bool) -> RouteTable {
+        RouteTable {
+            routes: self.routes.iter().filter(|r| keep(r)).cloned().collect(),
+        }
+    }
+
     /// Every route, most specific first.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes

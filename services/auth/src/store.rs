@@ -79,7 +79,7 @@ impl SessionLimits {
 /// hash). Each key seals exactly one successor.
 fn seal(spent: &str, successor: &str) -> anyhow::Result<String> {
     let bytes = URL_SAFE_NO_PAD.decode(successor)?;
-    let key = Sha256::digest([b"agora refresh successor:".as_slice(), spent.as_bytes()].concat());
+    let key = sealing_key(spent);
     anyhow::ensure!(bytes.len() == key.len(), "refresh tokens are 32 bytes");
     Ok(bytes
         .iter()
@@ -89,7 +89,7 @@ fn seal(spent: &str, successor: &str) -> anyhow::Result<String> {
 }
 
 fn unseal(spent: &str, sealed: &str) -> anyhow::Result<String> {
-    let key = Sha256::digest([b"agora refresh successor:".as_slice(), spent.as_bytes()].concat());
+    let key = sealing_key(spent);
     anyhow::ensure!(
         sealed.len() == 2 * key.len(),
         "sealed successor has the wrong size"
@@ -98,6 +98,10 @@ fn unseal(spent: &str, sealed: &str) -> anyhow::Result<String> {
         .map(|i| u8::from_str_radix(&sealed[2 * i..2 * i + 2], 16).map(|b| b ^ key[i]))
         .collect::<Result<Vec<u8>, _>>()?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn sealing_key(spent: &str) -> impl std::ops::Deref<Target = [u8]> {
+    Sha256::digest([b"agora refresh successor:".as_slice(), spent.as_bytes()].concat())
 }
 
 fn micros(d: Duration) -> i64 {

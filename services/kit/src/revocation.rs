@@ -280,6 +280,7 @@ pub async fn follow(
 ) {
     let mut next_load = tokio::time::Instant::now();
     let mut retry = FIRST_RETRY;
+    let mut live_open = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -298,7 +299,7 @@ pub async fn follow(
                     };
                 revocations.sweep();
             }
-            received = live.recv() => match received {
+            received = live.recv(), if live_open => match received {
                 Ok(envelope) => revocations.apply(&envelope),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "live feed overran: reloading revocations");
@@ -306,7 +307,7 @@ pub async fn follow(
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     // No live feed any more: the snapshot alone keeps the list.
-                    live = broadcast::channel(1).1;
+                    live_open = false;
                 }
             },
         }
